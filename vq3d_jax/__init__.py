@@ -1,0 +1,1 @@
+"""vq3d_jax: 3D-aware generative image models in JAX/Flax."""
