@@ -1,0 +1,16 @@
+"""Task registry: `config.task` → the class that trains it (imported lazily)."""
+
+import importlib
+
+_TASKS = {
+    "vit_vqgan": "vq3d_jax.tasks.vit_vqgan:ViTVQGANTask",
+    # Stage 1 starts as the 2D autoencoder; the NeRF decoder extends it next.
+    "vq3d_stage1": "vq3d_jax.tasks.vit_vqgan:ViTVQGANTask",
+}
+
+
+def get_task(config):
+    if config.task not in _TASKS:
+        raise ValueError(f"config.task={config.task!r} is not one of {sorted(_TASKS)}.")
+    module, name = _TASKS[config.task].split(":")
+    return getattr(importlib.import_module(module), name)(config)

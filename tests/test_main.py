@@ -1,0 +1,100 @@
+"""The command line end to end, in subprocesses: exact resume, preemption, bad flags."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from conftest import tiny_overrides
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _command(workdir, data_dir, **extra):
+    overrides = {**tiny_overrides(data_dir), "log_every": 1, **extra}
+    return [
+        sys.executable, "-m", "vq3d_jax.main",
+        "--config=configs/vq3d_stage1.py:tiny", f"--workdir={workdir}",
+        *(f"--config.{k}={v}" for k, v in overrides.items()),
+    ]
+
+
+def _run(workdir, data_dir, **extra):
+    done = subprocess.run(
+        _command(workdir, data_dir, **extra), cwd=REPO, capture_output=True, text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+def _state(workdir, step):
+    path = os.path.join(workdir, "checkpoints", str(step), "state")
+    return ocp.StandardCheckpointer().restore(path)
+
+
+def _steps(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line)["step"] for line in f]
+
+
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, mini_data_dir):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _run(straight, mini_data_dir, total_steps=4, checkpoint_every=2)
+    _run(resumed, mini_data_dir, total_steps=2, checkpoint_every=2)
+    second = _run(resumed, mini_data_dir, total_steps=4, checkpoint_every=2)
+    assert "restored step 2" in second.stderr
+    a, b = _state(straight, 4), _state(resumed, 4)
+    leaves_a = jax.tree_util.tree_leaves_with_path(a)
+    leaves_b = dict(jax.tree_util.tree_leaves_with_path(b))
+    assert len(leaves_a) == len(leaves_b) > 10
+    for path, value in leaves_a:
+        np.testing.assert_array_equal(np.asarray(leaves_b[path]), np.asarray(value), str(path))
+    assert _steps(resumed).count(3) == 1 and _steps(resumed)[-1] >= 4
+    samples = os.listdir(resumed / "samples")
+    assert any(name.endswith(".png") for name in samples)
+
+
+def test_sigterm_finishes_the_step_saves_and_exits_zero(tmp_path, mini_data_dir):
+    workdir = tmp_path / "w"
+    proc = subprocess.Popen(
+        _command(workdir, mini_data_dir, total_steps=100_000, checkpoint_every=100_000),
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        assert proc.poll() is None, proc.communicate()[1][-4000:]
+        assert time.time() < deadline, "training never started"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-4000:]
+    saved = [int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit()]
+    assert len(saved) == 1 and 2 <= saved[0] < 100_000
+    assert _steps(workdir)[-1] == saved[0]  # the saved step is the last one logged
+
+
+@pytest.mark.parametrize("flag", ["--config.model.no_such_key=1", "--config.no_such_key=1"])
+def test_unknown_config_key_is_an_error_naming_it(tmp_path, flag):
+    done = subprocess.run(
+        [sys.executable, "-m", "vq3d_jax.main", "--config=configs/vit_vqgan.py:tiny",
+         f"--workdir={tmp_path}", flag],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode != 0
+    assert "no_such_key" in done.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_eval_without_checkpoint_refuses_random_weights(tmp_path, mini_data_dir):
+    cmd = _command(tmp_path, mini_data_dir) + ["--mode=eval"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "No checkpoint" in done.stderr

@@ -1,0 +1,133 @@
+r"""Command line: train, evaluate or sample a model from a config.
+
+  python -m vq3d_jax.main --config=configs/vq3d_stage1.py:tiny --workdir=DIR \
+      [--mode=train|eval|sample] [--config.key=value ...]
+
+Running the same command again with the same workdir resumes from the latest
+checkpoint. Cluster launchers (launch/) add --distributed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config: configs/<file>.py:<preset>.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and samples go here.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "What to run.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Call jax.distributed.initialize() (TPU pods and SLURM: arguments from the cluster).",
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for launches without a cluster."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --coordinator_address.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --coordinator_address.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _initialize_distributed() -> None:
+    import jax
+
+    if _COORDINATOR.value:
+        jax.distributed.initialize(
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+            initialization_timeout=300,
+        )
+    elif _DISTRIBUTED.value:
+        jax.distributed.initialize(initialization_timeout=300)
+
+
+def _prepare_data(config) -> None:
+    """Builds the synthetic scenes on first use (process 0 only; others wait)."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    from vq3d_jax.datasets import synthetic_scenes
+
+    if jax.process_index() == 0:
+        synthetic_scenes.ensure_built(config.data.name, config.data.data_dir or None)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("dataset prepared")
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    _initialize_distributed()
+    import jax
+
+    from vq3d_jax import input_pipeline
+    from vq3d_jax.tasks import get_task
+    from vq3d_jax.train import loop
+
+    config = _CONFIG.value
+    workdir = _WORKDIR.value
+    os.makedirs(workdir, exist_ok=True)
+    logging.info("vq3d_jax %s mode on %d devices (%s), process %d/%d.", _MODE.value,
+                 jax.device_count(), jax.devices()[0].platform, jax.process_index(),
+                 jax.process_count())
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    _prepare_data(config)
+
+    task = get_task(config)
+    runtime = loop.build_runtime(task, config)
+
+    def make_eval_iter():
+        return input_pipeline.create_eval_iterator(
+            config.data,
+            split=config.data.eval_split,
+            global_batch_size=config.eval.global_batch_size,
+            num_examples=config.eval.num_examples or None,
+        )
+
+    if _MODE.value == "train":
+        train_iter = input_pipeline.create_train_iterator(
+            config.data, global_batch_size=config.global_batch_size, seed=config.seed
+        )
+        loop.train(runtime, workdir, train_iter, make_eval_iter)
+    else:
+        from vq3d_jax.train.writer import MetricWriter
+
+        state, step = loop.restore_for_inference(runtime, workdir)
+        writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+        try:
+            if _MODE.value == "eval":
+                loop.run_eval(runtime, state, make_eval_iter(), writer, step)
+            else:
+                batch = next(iter(make_eval_iter()))
+                loop.write_samples(
+                    runtime, state, {k: batch[k] for k in task.eval_keys}, writer, step
+                )
+        finally:
+            writer.close()
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl parsing, with an unknown `--config.key` reported as one clear line."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as err:
+        key = str(err).strip("\"'")
+        culprit = next((a for a in argv if a.startswith("--config.") and key in a), key)
+        sys.exit(
+            f"FATAL: unknown config key {key!r} in {culprit}. The config is locked: only "
+            "keys its preset defines can be overridden (see the configs/ file)."
+        )
+    except flags.Error as err:
+        sys.exit(f"FATAL flags parsing error: {err}\nPass --help for usage.")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,280 @@
+"""The one generic loop: init or restore → iterate → step → log → checkpoint → hooks.
+
+It receives a `Task` (train/task.py) and iterators made by the caller; it knows
+nothing about models or datasets. Shardings come from the config's mesh and
+logical-axis rules; the train step is compiled once with donated state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from clu import metrics as clu_metrics
+
+from vq3d_jax.train import sharding as sharding_lib
+from vq3d_jax.train.checkpoint import Checkpointer
+from vq3d_jax.train.preemption import PreemptionWatch
+from vq3d_jax.train.writer import MetricWriter, Progress, format_progress
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN/inf; the state is not saved, earlier checkpoints stay intact."""
+
+
+@dataclasses.dataclass
+class Runtime:
+    """The mesh, rules, shardings and compiled functions shared by all modes."""
+
+    task: Any
+    config: Any
+    mesh: jax.sharding.Mesh
+    rules: tuple
+    state_shardings: Any
+    abstract_state: Any  # ShapeDtypeStructs carrying the current shardings
+
+    @contextlib.contextmanager
+    def scope(self):
+        """Mesh + logical rules: flax's `with_logical_constraint` reads both."""
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            yield
+
+
+def build_runtime(task, config, devices=None) -> Runtime:
+    mesh = sharding_lib.create_mesh(config.mesh, devices)
+    rules = sharding_lib.rules_from_config(config.sharding.logical_axis_rules)
+    divisor = sharding_lib.batch_divisor(mesh)
+    if config.global_batch_size % divisor:
+        raise ValueError(
+            f"global_batch_size={config.global_batch_size} is not divisible by the batch "
+            f"axes data×fsdp={divisor} of mesh {dict(mesh.shape)}."
+        )
+    rng = jax.random.PRNGKey(config.seed)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        boxed = jax.eval_shape(task.init_state, rng)
+        shardings = sharding_lib.state_shardings(
+            boxed, mesh, rules, config.sharding.fallback_min_mb
+        )
+    abstract = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        nn.meta.unbox(boxed),
+        shardings,
+    )
+    _log_state_size(abstract, mesh)
+    return Runtime(task, config, mesh, rules, shardings, abstract)
+
+
+def _log_state_size(abstract, mesh) -> None:
+    total = sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(abstract))
+    per_device = sum(
+        math.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize
+        for a in jax.tree.leaves(abstract)
+    )
+    logging.info(
+        "state: %.2f MB total, %.2f MB per device on mesh %s (activations not counted)",
+        total / 2**20, per_device / 2**20, dict(mesh.shape),
+    )
+
+
+def init_state(rt: Runtime):
+    init = jax.jit(
+        lambda rng: nn.meta.unbox(rt.task.init_state(rng)), out_shardings=rt.state_shardings
+    )
+    with rt.scope():
+        return init(jax.random.PRNGKey(rt.config.seed))
+
+
+def compile_train_step(rt: Runtime) -> Callable:
+    return jax.jit(
+        rt.task.train_step,
+        in_shardings=(rt.state_shardings, sharding_lib.batch_sharding(rt.mesh)),
+        out_shardings=(rt.state_shardings, sharding_lib.replicated(rt.mesh)),
+        donate_argnums=(0,),
+    )
+
+
+def _select(batch: dict, keys: Iterable[str]) -> dict:
+    return {k: batch[k] for k in keys if k in batch}
+
+
+def _checked_scalars(metrics: dict, step: int) -> dict[str, float]:
+    scalars = {k: float(v) for k, v in metrics.items()}
+    bad = [k for k, v in scalars.items() if "loss" in k and not math.isfinite(v)]
+    if bad:
+        raise NonFiniteLossError(
+            f"Non-finite {bad} at step {step}: stopping without saving this state. The "
+            "last good checkpoint is kept; lower the learning rate or check the data."
+        )
+    return scalars
+
+
+def _restore_or_init(rt: Runtime, ckpt: Checkpointer, data_iter) -> tuple[Any, int]:
+    restored = ckpt.restore_latest(rt.abstract_state, data_iter)
+    if restored is not None:
+        return restored
+    return init_state(rt), 0
+
+
+def train(rt: Runtime, workdir: str, train_iter, make_eval_iter: Callable | None = None):
+    """Trains to `config.total_steps`, resuming from `workdir` when it has checkpoints."""
+    config, task = rt.config, rt.task
+    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+    ckpt = Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        keep=config.keep_checkpoints,
+        save_every=config.checkpoint_every,
+        async_save=config.get("async_checkpointing", True),
+    )
+    state, step = _restore_or_init(rt, ckpt, train_iter)
+    if step >= config.total_steps:
+        logging.info("At step %d ≥ total_steps=%d: nothing to train.", step, config.total_steps)
+    else:
+        logging.info("Training from step %d to %d.", step, config.total_steps)
+    train_step = compile_train_step(rt)
+    preemption = PreemptionWatch().install()
+    progress = Progress(
+        total_steps=config.total_steps,
+        images_per_step=config.global_batch_size,
+        start_step=step,
+    )
+    accumulated = None
+    skipped = 0
+    sample_batch = None
+    try:
+        with rt.scope():
+            while step < config.total_steps:
+                local = next(train_iter)
+                skipped = int(local.get("num_skipped", skipped))
+                batch = sharding_lib.global_batch(_select(local, task.train_keys), rt.mesh)
+                state, metrics = train_step(state, batch)
+                step += 1
+                update = _Averages.from_metrics(metrics)
+                accumulated = update if accumulated is None else accumulated.merge(update)
+                stopping = preemption.should_stop(step)
+                final = step == config.total_steps
+                if step % config.log_every == 0 or final or stopping:
+                    scalars = _checked_scalars(accumulated.compute(), step)
+                    accumulated = None
+                    perf = progress.report(step)
+                    scalars.update(perf)
+                    scalars["data/num_skipped"] = skipped
+                    writer.write_scalars(step, scalars)
+                    logging.info(format_progress(step, config.total_steps, perf, scalars))
+                if ckpt.should_save(step) or final or stopping:
+                    if accumulated is not None:  # finite check of the unlogged steps
+                        _checked_scalars(accumulated.compute(), step)
+                    ckpt.save(step, state, train_iter)
+                if stopping:
+                    logging.warning("Preempted: saved step %d, exiting.", step)
+                    break
+                if make_eval_iter and (_due(step, config.eval_every) or final):
+                    run_eval(rt, state, make_eval_iter(), writer, step)
+                if make_eval_iter and (_due(step, config.sample_every) or final):
+                    sample_batch = sample_batch or _first_batch(make_eval_iter(), task)
+                    write_samples(rt, state, sample_batch, writer, step)
+    finally:
+        preemption.uninstall()
+        ckpt.close()  # waits for async saves: nothing half-written at exit
+        writer.close()
+    return state, step
+
+
+def _due(step: int, every: int) -> bool:
+    return bool(every) and step % every == 0
+
+
+class _Averages:
+    """Per-key clu `Average` accumulation of the step metrics between log lines."""
+
+    def __init__(self, averages: dict[str, clu_metrics.Average]):
+        self.averages = averages
+
+    @classmethod
+    def from_metrics(cls, metrics: dict) -> _Averages:
+        return cls({k: clu_metrics.Average.from_model_output(v) for k, v in metrics.items()})
+
+    def merge(self, other: _Averages) -> _Averages:
+        return _Averages({k: v.merge(other.averages[k]) for k, v in self.averages.items()})
+
+    def compute(self) -> dict:
+        return {k: v.compute() for k, v in self.averages.items()}
+
+
+def run_eval(rt: Runtime, state, eval_batches, writer: MetricWriter, step: int) -> dict:
+    """Masked means of the task's per-example metrics over a whole split."""
+    task = rt.task
+
+    def sums(state, batch):
+        per_example = task.eval_step(state, batch)
+        mask = batch["mask"].astype(jnp.float32)
+        totals = {k: jnp.sum(jnp.where(mask > 0, v, 0.0)) for k, v in per_example.items()}
+        finite = {
+            k: jnp.sum(mask * jnp.isfinite(v).astype(jnp.float32)) for k, v in per_example.items()
+        }
+        return totals, finite
+
+    eval_fn = jax.jit(
+        sums,
+        in_shardings=(rt.state_shardings, sharding_lib.batch_sharding(rt.mesh)),
+        out_shardings=sharding_lib.replicated(rt.mesh),
+    )
+    totals: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    with rt.scope():
+        for local in eval_batches:
+            batch = sharding_lib.global_batch(_select(local, (*task.eval_keys, "mask")), rt.mesh)
+            batch_totals, batch_counts = jax.device_get(eval_fn(state, batch))
+            for k in batch_totals:
+                totals[k] = totals.get(k, 0.0) + float(batch_totals[k])
+                counts[k] = counts.get(k, 0.0) + float(batch_counts[k])
+    if not counts:
+        raise ValueError("The evaluation split yielded no batches.")
+    results = {f"eval/{k}": totals[k] / max(counts[k], 1.0) for k in totals}
+    results["eval/num_examples"] = max(counts.values())
+    writer.write_scalars(step, results)
+    logging.info("eval at step %d: %s", step, {k: round(v, 4) for k, v in results.items()})
+    return results
+
+
+def _first_batch(batches, task) -> dict:
+    return _select(next(iter(batches)), task.eval_keys)
+
+
+def write_samples(rt: Runtime, state, local_batch: dict, writer: MetricWriter, step: int):
+    sample_fn = jax.jit(
+        rt.task.sample,
+        in_shardings=(rt.state_shardings, sharding_lib.batch_sharding(rt.mesh)),
+        out_shardings=sharding_lib.replicated(rt.mesh),
+    )
+    with rt.scope():
+        images = sample_fn(state, sharding_lib.global_batch(local_batch, rt.mesh))
+    images = {k: np.asarray(v) for k, v in jax.device_get(images).items()}
+    paths = writer.write_images(step, images)
+    logging.info("samples at step %d: %s", step, paths)
+    return paths
+
+
+def restore_for_inference(rt: Runtime, workdir: str) -> tuple[Any, int]:
+    """The latest checkpoint's state; an error when there is none (no random-weight metrics)."""
+    ckpt = Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=rt.config.keep_checkpoints, save_every=1
+    )
+    try:
+        restored = ckpt.restore_latest(rt.abstract_state)
+    finally:
+        ckpt.close()
+    if restored is None:
+        raise FileNotFoundError(
+            f"No checkpoint under {os.path.join(workdir, 'checkpoints')}: train first "
+            "(--mode=train); metrics of untrained weights are not reported."
+        )
+    return restored
