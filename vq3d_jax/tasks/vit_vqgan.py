@@ -197,7 +197,7 @@ class ViTVQGANTask:
             "vq/dead_codes": (1.0 - aux["codebook_usage"]) * self.config.model.codebook_size,
             "train/psnr": jnp.mean(losses.psnr(recon, images, max_val=2.0)),
             "train/learning_rate": self.generator_lr(state.step),
-            "train/grad_norm": optax.global_norm(g_grads),
+            "train/grad_norm": optax.tree.norm(g_grads),
         }
         return new_state, metrics
 

@@ -59,11 +59,10 @@ def build_runtime(task, config, devices=None) -> Runtime:
             f"axes data×fsdp={divisor} of mesh {dict(mesh.shape)}."
         )
     rng = jax.random.PRNGKey(config.seed)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        boxed = jax.eval_shape(task.init_state, rng)
-        shardings = sharding_lib.state_shardings(
-            boxed, mesh, rules, config.sharding.fallback_min_mb
-        )
+    # Abstract init outside the mesh context: there the activation constraints are
+    # no-ops, inside they would demand concrete shardings of the abstract values.
+    boxed = jax.eval_shape(task.init_state, rng)
+    shardings = sharding_lib.state_shardings(boxed, mesh, rules, config.sharding.fallback_min_mb)
     abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         nn.meta.unbox(boxed),

@@ -1,0 +1,270 @@
+"""StyleGAN2 layers: equalised-lr conv/dense, [1,3,3,1] blur, residual discriminator.
+
+References: Karras et al., "Analyzing and Improving the Image Quality of
+StyleGAN" (StyleGAN2, arXiv 1912.04958): residual discriminator (§4.1,
+Fig. 7c, config E/F), minibatch standard deviation (inherited from ProGAN
+§3); equalised learning rate from ProGAN (Karras et al. 2018, §4.1).
+
+Layout is NHWC. Parameters are float32 (``param_dtype``); convolutions run in
+``dtype``; the minibatch statistic and the final logits are float32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vq3d_jax.nn.vit import partitioned
+
+Dtype = Any
+
+# Leaky ReLU slope 0.2 with gain √2 keeps activations at unit variance
+# (StyleGAN2 keeps ProGAN's He-style gain for lrelu).
+LRELU_SLOPE = 0.2
+LRELU_GAIN = math.sqrt(2.0)
+
+# 1D taps of the separable [1,3,3,1] low-pass filter, normalised to unit DC gain.
+BLUR_TAPS = np.array([1.0, 3.0, 3.0, 1.0]) / 8.0
+
+
+def lrelu(x: jax.Array) -> jax.Array:
+    """Leaky ReLU (slope 0.2) times the √2 gain."""
+    return nn.leaky_relu(x, LRELU_SLOPE) * jnp.asarray(LRELU_GAIN, x.dtype)
+
+
+def blur(x: jax.Array, pad: tuple[int, int]) -> jax.Array:
+    """Filter NHWC ``x`` with the separable [1,3,3,1]/8 ⊗ [1,3,3,1]/8 kernel.
+
+    ``pad`` = (before, after) zero padding on both spatial axes; the output has
+    spatial size H + before + after − 3. Written as four shifted, weighted
+    slices per axis (a separable FIR filter) rather than a depthwise conv.
+    """
+    x = jnp.pad(x, ((0, 0), pad, pad, (0, 0)))
+    taps = [jnp.asarray(t, x.dtype) for t in BLUR_TAPS]
+    n = len(taps)
+    h = x.shape[1] - n + 1
+    x = sum(taps[i] * x[:, i:i + h] for i in range(n))
+    w = x.shape[2] - n + 1
+    return sum(taps[i] * x[:, :, i:i + w] for i in range(n))
+
+
+def blur_downsample(x: jax.Array) -> jax.Array:
+    """Blur then keep every second pixel: H×W → H/2×W/2 (used by 1×1 skip convs).
+
+    Padding (1, 1) centres the 4-tap filter on each 2×2 output cell, as in the
+    StyleGAN2 resampling (upfirdn2d with down=2).
+    """
+    return blur(x, (1, 1))[:, ::2, ::2]
+
+
+class EqualConv2d(nn.Module):
+    """Conv with equalised learning rate (ProGAN §4.1, used throughout StyleGAN2).
+
+    The stored weight is N(0, 1/lr_multiplier²); at run time it is scaled by
+    lr_multiplier/√fan_in, so every layer learns at the same speed under Adam.
+    The bias is stored divided by lr_multiplier likewise. ``down=2`` blurs with
+    [1,3,3,1] and convolves with stride 2 (StyleGAN2 downsampling); for a 1×1
+    kernel the blur is followed by plain subsampling.
+    ``activation``: 'lrelu' (with √2 gain) or None. ``gain`` multiplies the
+    output after the activation (e.g. 1/√2 in residual blocks).
+    ``kernel_axes`` are the logical names of the [kh, kw, in, out] kernel.
+    """
+
+    features: int
+    kernel_size: int = 3
+    down: int = 1
+    use_bias: bool = True
+    activation: str | None = "lrelu"
+    gain: float = 1.0
+    lr_multiplier: float = 1.0
+    kernel_axes: tuple[str | None, ...] = (None, None, "conv_in", "conv_out")
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = self.kernel_size
+        in_ch = x.shape[-1]
+        weight = self.param(
+            "kernel",
+            partitioned(nn.initializers.normal(1.0 / self.lr_multiplier), self.kernel_axes),
+            (k, k, in_ch, self.features),
+            self.param_dtype,
+        )
+        scale = self.lr_multiplier / math.sqrt(k * k * in_ch)
+        weight = (jnp.asarray(weight, jnp.float32) * scale).astype(self.dtype)
+        x = x.astype(self.dtype)
+        if self.down == 1:
+            pad = ((k // 2, (k - 1) // 2),) * 2
+            stride = 1
+        elif self.down == 2:
+            if k == 1:
+                x = blur_downsample(x)
+                pad, stride = ((0, 0), (0, 0)), 1
+            else:
+                # Blur with enough padding that the stride-2 'valid' conv gives
+                # exactly H/2: pad k//2 + 1 each side (StyleGAN2 conv2d_resample).
+                p = k // 2 + 1
+                x = blur(x, (p, p))
+                pad, stride = ((0, 0), (0, 0)), 2
+        else:
+            raise ValueError(f"down must be 1 or 2, got {self.down}")
+        y = jax.lax.conv_general_dilated(
+            x, weight, window_strides=(stride, stride), padding=pad,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        if self.use_bias:
+            bias = self.param(
+                "bias", partitioned(nn.initializers.zeros, (self.kernel_axes[-1],)),
+                (self.features,), self.param_dtype,
+            )
+            y = y + (jnp.asarray(bias, jnp.float32) * self.lr_multiplier).astype(self.dtype)
+        if self.activation == "lrelu":
+            y = lrelu(y)
+        elif self.activation is not None:
+            raise ValueError(f"unknown activation {self.activation!r}")
+        if self.gain != 1.0:
+            y = y * jnp.asarray(self.gain, y.dtype)
+        return y
+
+
+class EqualDense(nn.Module):
+    """Dense layer with equalised learning rate: y = x·(W·lr/√fan_in) + b·lr.
+
+    Stored weight N(0, 1/lr²), bias initialised to ``bias_init`` / lr so that
+    the effective initial bias is ``bias_init``. ``kernel_axes`` are the
+    logical names of the [in, out] kernel.
+    """
+
+    features: int
+    use_bias: bool = True
+    bias_init: float = 0.0
+    activation: str | None = "lrelu"
+    lr_multiplier: float = 1.0
+    kernel_axes: tuple[str | None, str | None] = ("conv_in", "conv_out")
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_features = x.shape[-1]
+        weight = self.param(
+            "kernel",
+            partitioned(nn.initializers.normal(1.0 / self.lr_multiplier), self.kernel_axes),
+            (in_features, self.features),
+            self.param_dtype,
+        )
+        scale = self.lr_multiplier / math.sqrt(in_features)
+        weight = (jnp.asarray(weight, jnp.float32) * scale).astype(self.dtype)
+        y = jnp.dot(x.astype(self.dtype), weight)
+        if self.use_bias:
+            bias = self.param(
+                "bias",
+                partitioned(nn.initializers.constant(self.bias_init / self.lr_multiplier),
+                            (self.kernel_axes[-1],)),
+                (self.features,), self.param_dtype,
+            )
+            y = y + (jnp.asarray(bias, jnp.float32) * self.lr_multiplier).astype(self.dtype)
+        if self.activation == "lrelu":
+            y = lrelu(y)
+        elif self.activation is not None:
+            raise ValueError(f"unknown activation {self.activation!r}")
+        return y
+
+
+def _largest_divisor_at_most(n: int, k: int) -> int:
+    return max(d for d in range(1, min(n, k) + 1) if n % d == 0)
+
+
+def minibatch_stddev(x: jax.Array, group_size: int = 4, num_features: int = 1) -> jax.Array:
+    """Append the minibatch standard deviation feature(s) (ProGAN §3, StyleGAN2 D).
+
+    The batch N is split into groups of G = min(group_size, N) samples (if N is
+    not a multiple of G, the largest divisor of N below G is used); sample i
+    belongs to group i mod (N/G), as in the official code's reshape. For each
+    group the per-pixel, per-channel std over its G members is averaged over
+    channels (split into ``num_features`` chunks) and pixels, and broadcast
+    back as extra constant channels. Computed in float32.
+    """
+    n, h, w, c = x.shape
+    g = _largest_divisor_at_most(n, group_size)
+    f = num_features
+    if c % f:
+        raise ValueError(f"channels {c} not divisible by num_features {f}")
+    y = x.astype(jnp.float32).reshape(g, n // g, h, w, f, c // f)
+    y = y - jnp.mean(y, axis=0)
+    y = jnp.sqrt(jnp.mean(jnp.square(y), axis=0) + 1e-8)  # [n/g, h, w, f, c/f]
+    y = jnp.mean(y, axis=(1, 2, 4))  # [n/g, f]
+    y = jnp.tile(y, (g, 1))  # sample i gets group i mod (n/g)
+    y = jnp.broadcast_to(y[:, None, None, :], (n, h, w, f)).astype(x.dtype)
+    return jnp.concatenate([x, y], axis=-1)
+
+
+class ResidualDiscriminator(nn.Module):
+    """StyleGAN2 residual discriminator (StyleGAN2 Fig. 7c; config E/F "resnet" D).
+
+    FromRGB (1×1 conv + lrelu) at full resolution, then one residual block per
+    resolution r = resolution … 8: conv 3×3 (C_r → C_r), conv 3×3 down 2
+    (C_r → C_{r/2}), plus a bias-free 1×1 skip downsampled the same way, summed
+    and scaled by 1/√2. At 4×4: minibatch stddev, conv 3×3, dense to C_4 over
+    the flattened 4×4×C_4 map, dense to 1 logit. C_r = min(channel_base // r,
+    channel_max). Paper setting at 256²: channel_base 32768, channel_max 512.
+
+    Input: images in [−1, 1], NHWC float, H = W = ``resolution``.
+    Output: logits [B] float32.
+
+    Logical names: kernels (None, None, 'conv_in', 'conv_out') except where
+    the input channel count is small or odd (FromRGB: 3; the conv after
+    minibatch-stddev: C+1), which use None for that dim so that any rule
+    sharding 'conv_in' stays valid; the final 1-logit dense is ('conv_in', None).
+    """
+
+    resolution: int = 256
+    channel_base: int = 32768
+    channel_max: int = 512
+    mbstd_group_size: int = 4
+    mbstd_num_features: int = 1
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def channels(self, res: int) -> int:
+        return min(self.channel_base // res, self.channel_max)
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> jax.Array:
+        b, h, w, _ = images.shape
+        if h != self.resolution or w != self.resolution:
+            raise ValueError(f"expected {self.resolution}² images, got {h}×{w}")
+        log2 = int(math.log2(self.resolution))
+        if 2 ** log2 != self.resolution or log2 < 3:
+            raise ValueError(f"resolution must be a power of two ≥ 8, got {self.resolution}")
+        conv = lambda **kw: EqualConv2d(dtype=self.dtype, param_dtype=self.param_dtype, **kw)
+        dense = lambda **kw: EqualDense(dtype=self.dtype, param_dtype=self.param_dtype, **kw)
+        inv_sqrt2 = 1.0 / math.sqrt(2.0)
+
+        x = conv(features=self.channels(self.resolution), kernel_size=1,
+                 kernel_axes=(None, None, None, "conv_out"), name="from_rgb")(images)
+        for res in (2 ** i for i in range(log2, 2, -1)):
+            tmp_ch, out_ch = self.channels(res), self.channels(res // 2)
+            skip = conv(features=out_ch, kernel_size=1, down=2, use_bias=False, activation=None,
+                        gain=inv_sqrt2, name=f"b{res}_skip")(x)
+            x = conv(features=tmp_ch, kernel_size=3, name=f"b{res}_conv0")(x)
+            x = conv(features=out_ch, kernel_size=3, down=2, gain=inv_sqrt2,
+                     name=f"b{res}_conv1")(x)
+            x = skip + x
+
+        # Epilogue at 4×4.
+        ch = self.channels(4)
+        x = minibatch_stddev(x, self.mbstd_group_size, self.mbstd_num_features)
+        x = conv(features=ch, kernel_size=3, kernel_axes=(None, None, None, "conv_out"),
+                 name="b4_conv")(x)
+        x = x.reshape(b, -1)
+        x = dense(features=ch, name="b4_fc")(x)
+        logits = dense(features=1, activation=None, kernel_axes=("conv_in", None),
+                       name="b4_out")(x)
+        return logits[:, 0].astype(jnp.float32)
