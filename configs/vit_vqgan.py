@@ -47,6 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "adversarial": 0.1,
             "adversarial_start_step": 20000,  # [choice] D joins after the AE settles
             "r1_gamma": 10.0,  # [choice] StyleGAN2's default for 256²
+            "r1_every": 16,  # lazy R1 (StyleGAN2 App. B)
         }
     )
     # Adam β (0.9, 0.99), lr 1e-4, 5k warm-up, weight decay 1e-4 (ViT-VQGAN §4.1).
@@ -74,8 +75,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             decoder_variant="mu",
             codebook_size=512,
             dtype="float32",
-            disc_channel_base=1024,
-            disc_channel_max=64,
+            disc_channel_base=512,
+            disc_channel_max=32,
         )
         c.loss.adversarial_start_step = 100
         c.optim.update(learning_rate=1e-3, disc_learning_rate=2e-4, warmup_steps=20)

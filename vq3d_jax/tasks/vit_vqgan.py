@@ -150,7 +150,7 @@ class ViTVQGANTask:
             generator_loss, has_aux=True
         )(state.params[GENERATOR])
         fakes = jax.lax.stop_gradient(recon)
-        r1_every = int(cfg.get("r1_every", 1))
+        r1_every = int(cfg.r1_every)
         r1_due = (state.step % r1_every == 0).astype(jnp.float32)
 
         def discriminator_loss(d_params):
