@@ -31,6 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "vq_beta": 0.25,
             "dtype": "bfloat16",  # compute dtype; params stay float32
             "remat": False,
+            "attention_impl": "",  # '' = XLA; 'cudnn' = fused flash attention on GPU
             # StyleGAN2 residual discriminator (§3.3 uses StyleGAN's D).
             "disc_channel_base": 16384,
             "disc_channel_max": 512,

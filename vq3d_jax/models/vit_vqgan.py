@@ -70,6 +70,7 @@ class Encoder(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     remat: bool = False
+    attention_impl: str | None = None
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
@@ -90,7 +91,7 @@ class Encoder(nn.Module):
         return Transformer(
             depth=cfg["depth"], width=cfg["width"], num_heads=cfg["heads"],
             mlp_dim=cfg["mlp_dim"], dtype=self.dtype, param_dtype=self.param_dtype,
-            remat=self.remat, name="transformer",
+            remat=self.remat, attention_impl=self.attention_impl, name="transformer",
         )(x)
 
 
@@ -109,6 +110,7 @@ class Decoder2D(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     remat: bool = False
+    attention_impl: str | None = None
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
@@ -124,7 +126,7 @@ class Decoder2D(nn.Module):
         x = Transformer(
             depth=cfg["depth"], width=cfg["width"], num_heads=cfg["heads"],
             mlp_dim=cfg["mlp_dim"], dtype=self.dtype, param_dtype=self.param_dtype,
-            remat=self.remat, name="transformer",
+            remat=self.remat, attention_impl=self.attention_impl, name="transformer",
         )(x)
         x = nn.Dense(
             p * p * self.out_channels,
@@ -157,17 +159,22 @@ class VitVQGAN(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     remat: bool = False
+    attention_impl: str | None = None
 
     def setup(self):
-        common = {"dtype": self.dtype, "param_dtype": self.param_dtype}
-        self.encoder = Encoder(self.encoder_variant, self.patch_size, remat=self.remat, **common)
+        common = {
+            "dtype": self.dtype,
+            "param_dtype": self.param_dtype,
+        }
+        vit = {"remat": self.remat, "attention_impl": self.attention_impl}
+        self.encoder = Encoder(self.encoder_variant, self.patch_size, **vit, **common)
         self.quantizer = FactorizedQuantizer(
             codebook_size=self.codebook_size, code_dim=self.code_dim,
             width=decode_variant(self.decoder_variant)["width"], beta=self.beta, **common,
         )
         self.decoder = Decoder2D(
             self.decoder_variant, self.patch_size, self.image_size,
-            out_channels=self.in_channels, remat=self.remat, **common,
+            out_channels=self.in_channels, **vit, **common,
         )
 
     def encode(self, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -118,6 +118,8 @@ class MultiHeadAttention(nn.Module):
     num_heads: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    # None/'xla': XLA's attention; 'cudnn': cuDNN's fused flash kernel (GPU, bf16/fp16).
+    attention_impl: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -145,7 +147,7 @@ class MultiHeadAttention(nn.Module):
 
         q, k, v = proj("query"), proj("key"), proj("value")
         # Softmax(QK^T / sqrt(d)) V; the 1/sqrt(d) scale is applied inside the call.
-        y = jax.nn.dot_product_attention(q, k, v)
+        y = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
         y = nn.with_logical_constraint(y, ACT_HEADS)
         w = param("out_kernel", out_init, ("heads", "kv", "embed"),
                   (self.num_heads, head_dim, width))
@@ -160,13 +162,14 @@ class TransformerBlock(nn.Module):
     mlp_dim: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    attention_impl: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = nn.with_logical_constraint(x, ACT_EMBED)
         y = layer_norm(self.dtype, self.param_dtype, name="ln_attn")(x)
         y = MultiHeadAttention(self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
-                               name="attn")(y)
+                               attention_impl=self.attention_impl, name="attn")(y)
         x = x + y
         y = layer_norm(self.dtype, self.param_dtype, name="ln_mlp")(x)
         y = MlpBlock(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -188,7 +191,9 @@ class Transformer(nn.Module):
     mlp_dim: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    attention_impl: str | None = None
     remat: bool = False
+    attention_impl: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -198,5 +203,6 @@ class Transformer(nn.Module):
         x = x.astype(self.dtype)
         for i in range(self.depth):
             x = block_cls(self.num_heads, self.mlp_dim, dtype=self.dtype,
-                          param_dtype=self.param_dtype, name=f"block_{i}")(x)
+                          param_dtype=self.param_dtype, attention_impl=self.attention_impl,
+                          name=f"block_{i}")(x)
         return layer_norm(self.dtype, self.param_dtype, name="ln_final")(x)

@@ -81,6 +81,7 @@ class ViTVQGANTask:
             beta=m.vq_beta,
             dtype=dtype,
             remat=m.remat,
+            attention_impl=m.attention_impl or None,
         )
         self.discriminator = ResidualDiscriminator(
             resolution=self.image_size,
