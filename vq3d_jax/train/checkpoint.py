@@ -24,6 +24,20 @@ STATE = "state"
 DATA_ITER = "data_iter"
 
 
+def _path_name(path) -> str:
+    """'opt_state/generator/0/mu/w': the same for attribute, dict and index keys.
+
+    Orbax's metadata tree turns dataclass and namedtuple fields into dict keys.
+    """
+    parts = []
+    for key in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+    return "/".join(parts)
+
+
 class CheckpointShapeError(ValueError):
     """The checkpoint holds a state of another structure or shape than the model's."""
 
@@ -106,12 +120,12 @@ class Checkpointer:
         if metadata is None:
             return
         saved = {
-            jax.tree_util.keystr(p): tuple(m.shape)
+            _path_name(p): tuple(m.shape)
             for p, m in jax.tree_util.tree_leaves_with_path(metadata)
             if hasattr(m, "shape")
         }
         wanted = {
-            jax.tree_util.keystr(p): tuple(a.shape)
+            _path_name(p): tuple(a.shape)
             for p, a in jax.tree_util.tree_leaves_with_path(abstract_state)
         }
         if saved and saved != wanted:
