@@ -29,6 +29,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "codebook_size": 8192,
             "code_dim": 32,  # factorised codes (§3.2)
             "vq_beta": 0.25,
+            # [choice] Random restarts of dead codes (Jukebox §2.3), beyond the
+            # ViT-VQGAN paper: a code whose EMA token count per step falls under
+            # the threshold moves onto a random current latent. Off → plain VQ.
+            "dead_code_restart": True,
+            "restart_decay": 0.99,
+            "restart_threshold": 0.01,
             "dtype": "bfloat16",  # compute dtype; params stay float32
             "remat": False,
             "attention_impl": "",  # '' = XLA; 'cudnn' = fused flash attention on GPU

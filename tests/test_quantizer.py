@@ -84,3 +84,26 @@ def test_straight_through_and_vq_loss_gradients():
     dz, dzq = jax.grad(lambda a, b: vq_loss(a, b, beta), argnums=(0, 1))(z, z_q)
     np.testing.assert_allclose(dz, beta * 2 * (z - z_q) / n, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(dzq, 2 * (z_q - z) / n, rtol=1e-5, atol=1e-7)
+
+
+def test_restart_moves_only_dead_codes_onto_latents():
+    from vq3d_jax.nn.quantizer import code_counts, restart_dead_codes
+
+    rng = np.random.default_rng(3)
+    codebook = jnp.asarray(rng.normal(size=(6, 4)), jnp.float32)
+    latents = jnp.asarray(rng.normal(size=(2, 5, 4)), jnp.float32)
+    codes = jnp.asarray([[0, 0, 1, 1, 1], [0, 1, 1, 0, 2]])
+    counts = code_counts(codes, 6)
+    np.testing.assert_array_equal(counts, [4, 5, 1, 0, 0, 0])
+    usage = jnp.asarray([1.0, 1.0, 0.0, 0.0, 0.5, 0.0])
+    new_codebook, new_usage, restarted = restart_dead_codes(
+        codebook, usage, counts, latents, jax.random.PRNGKey(0), decay=0.5, threshold=0.2
+    )
+    # EMA: 0.5·usage + 0.5·counts → [2.5, 3, 0.5, 0, 0.25, 0]; dead = {3, 5}.
+    assert float(restarted) == 2
+    alive = [0, 1, 2, 4]
+    np.testing.assert_array_equal(new_codebook[np.array(alive)], codebook[np.array(alive)])
+    flat = np.asarray(latents).reshape(-1, 4)
+    for k in (3, 5):
+        assert np.any(np.all(np.isclose(flat, np.asarray(new_codebook[k])), axis=1)), k
+    np.testing.assert_allclose(new_usage, [2.5, 3.0, 0.5, 0.4, 0.25, 0.4])

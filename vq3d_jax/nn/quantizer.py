@@ -73,12 +73,45 @@ def code_statistics(codes: jax.Array, codebook_size: int) -> tuple[jax.Array, ja
     (0 log 0 = 0); usage = fraction of the K codes used at least once.
     A histogram by ``bincount`` avoids a [tokens, K] one-hot.
     """
-    counts = jnp.bincount(codes.reshape(-1), length=codebook_size).astype(jnp.float32)
+    counts = code_counts(codes, codebook_size)
     probs = counts / jnp.maximum(jnp.sum(counts), 1.0)
     entropy = -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1.0)),
                                  0.0))
     usage = jnp.mean((counts > 0).astype(jnp.float32))
     return jnp.exp(entropy), usage
+
+
+def code_counts(codes: jax.Array, codebook_size: int) -> jax.Array:
+    """How many tokens chose each code, float32 [K]."""
+    return jnp.bincount(codes.reshape(-1), length=codebook_size).astype(jnp.float32)
+
+
+def restart_dead_codes(
+    codebook: jax.Array,
+    usage: jax.Array,
+    counts: jax.Array,
+    latents: jax.Array,
+    rng: jax.Array,
+    *,
+    decay: float,
+    threshold: float,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Random restarts of unused codes (Jukebox, Dhariwal et al. 2020, §2.3).
+
+    ``usage`` is an EMA of per-code token counts; a code whose EMA falls under
+    ``threshold`` is moved onto a randomly chosen current encoder latent, so it
+    is near data again and can win tokens. Returns (codebook, usage, restarted).
+    Without this, codes that no latent picks never get a gradient and the
+    codebook collapses to a handful of entries.
+    """
+    usage = decay * usage + (1.0 - decay) * counts
+    dead = usage < threshold
+    flat = latents.reshape(-1, latents.shape[-1]).astype(codebook.dtype)
+    picks = jax.random.randint(rng, (codebook.shape[0],), 0, flat.shape[0])
+    codebook = jnp.where(dead[:, None], flat[picks], codebook)
+    # A restarted code starts as if used at the threshold's level, not as dead again.
+    usage = jnp.where(dead, jnp.maximum(usage, 2.0 * threshold), usage)
+    return codebook, usage, jnp.sum(dead.astype(jnp.float32))
 
 
 class FactorizedQuantizer(nn.Module):
@@ -92,8 +125,9 @@ class FactorizedQuantizer(nn.Module):
       beta: commitment weight β (0.25).
 
     ``__call__(x)`` returns ``(quantized, aux)`` with ``aux`` =
-    ``{codes: int32 [...], vq_loss, perplexity, codebook_usage}`` (float32
-    scalars). ``lookup(codes)`` maps codes straight to the same output features.
+    ``{codes: int32 [...], latents: the unit code-space vectors [..., code_dim],
+    vq_loss, perplexity, codebook_usage}`` (float32 scalars). ``lookup(codes)``
+    maps codes straight to the same output features.
     """
 
     codebook_size: int
@@ -140,6 +174,7 @@ class FactorizedQuantizer(nn.Module):
         quantized = self.out_proj(straight_through(z, z_q).astype(self.dtype))
         aux = {
             "codes": codes,
+            "latents": z,
             "vq_loss": loss,
             "perplexity": perplexity,
             "codebook_usage": usage,

@@ -14,6 +14,7 @@ import optax
 
 from vq3d_jax import losses
 from vq3d_jax.models.vit_vqgan import VitVQGAN
+from vq3d_jax.nn.quantizer import code_counts, restart_dead_codes
 from vq3d_jax.nn.stylegan import ResidualDiscriminator
 from vq3d_jax.train.state import TrainState
 
@@ -120,8 +121,15 @@ class ViTVQGANTask:
             GENERATOR: self.generator_tx.init(params[GENERATOR]),
             DISCRIMINATOR: self.discriminator_tx.init(params[DISCRIMINATOR]),
         }
+        # Zero usage: every code counts as dead at step 0, so the first restart
+        # places the whole codebook on encoder latents (a data-dependent init).
+        model_state = {"code_usage": jnp.zeros((self.config.model.codebook_size,), jnp.float32)}
         return TrainState(
-            step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, rng=step_rng
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=opt_state,
+            rng=step_rng,
+            model_state=model_state,
         )
 
     # -- training ----------------------------------------------------------------------
@@ -177,13 +185,16 @@ class ViTVQGANTask:
         d_updates, d_opt = self.discriminator_tx.update(
             d_grads, state.opt_state[DISCRIMINATOR], d_params
         )
+        g_params = optax.apply_updates(state.params[GENERATOR], g_updates)
+        g_params, model_state, restarted = self._restart_codes(state, g_params, aux)
         new_state = state.replace(
             step=state.step + 1,
             params={
-                GENERATOR: optax.apply_updates(state.params[GENERATOR], g_updates),
+                GENERATOR: g_params,
                 DISCRIMINATOR: optax.apply_updates(d_params, d_updates),
             },
             opt_state={GENERATOR: g_opt, DISCRIMINATOR: d_opt},
+            model_state=model_state,
         )
         metrics = {
             "loss/total": g_total,
@@ -196,11 +207,32 @@ class ViTVQGANTask:
             "vq/perplexity": aux["perplexity"],
             "vq/codebook_usage": aux["codebook_usage"],
             "vq/dead_codes": (1.0 - aux["codebook_usage"]) * self.config.model.codebook_size,
+            "vq/restarted_codes": restarted,
             "train/psnr": jnp.mean(losses.psnr(recon, images, max_val=2.0)),
             "train/learning_rate": self.generator_lr(state.step),
             "train/grad_norm": optax.tree.norm(g_grads),
         }
         return new_state, metrics
+
+    def _restart_codes(self, state: TrainState, g_params, aux):
+        m = self.config.model
+        usage = state.model_state["code_usage"]
+        counts = code_counts(aux["codes"], m.codebook_size)
+        if not m.dead_code_restart:
+            return g_params, state.model_state, jnp.zeros((), jnp.float32)
+        rng = jax.random.fold_in(state.rng, state.step)
+        quantizer = g_params["quantizer"]
+        codebook, usage, restarted = restart_dead_codes(
+            quantizer["codebook"],
+            usage,
+            counts,
+            jax.lax.stop_gradient(aux["latents"]),
+            rng,
+            decay=m.restart_decay,
+            threshold=m.restart_threshold,
+        )
+        g_params = {**g_params, "quantizer": {**quantizer, "codebook": codebook}}
+        return g_params, {**state.model_state, "code_usage": usage}, restarted
 
     # -- evaluation and pictures -------------------------------------------------------
     def _reconstruct(self, state: TrainState, images):

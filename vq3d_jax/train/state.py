@@ -15,3 +15,5 @@ class TrainState(struct.PyTreeNode):
     params: Any
     opt_state: Any
     rng: jax.Array  # raw uint32[2] key; each step folds in `step`, so resume is exact
+    # Non-gradient statistics a task keeps across steps (e.g. codebook usage EMAs).
+    model_state: Any = struct.field(default_factory=dict)
