@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The train-step benchmark at the imagenet256 preset size on one GPU, in a few
 # variants (attention kernel, batch). Writes one JSON per variant to $OUT.
-#   OUT=/tmp/out bash bench/gpu_train_step.sh
+#   OUT=/tmp/out bash bench/gpu_train_step.sh [variant-name ...]   (default: all)
 set -uo pipefail
 out=${OUT:-/tmp/bench_out}
 mkdir -p "$out"
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.92 PYTHONUNBUFFERED=1
+only=" $* "
 run() {
   local name=$1; shift
+  [[ "$only" == "  " || "$only" == *" $name "* ]] || return 0
   echo "== $name"
   python bench/train_step.py --config=configs/vit_vqgan.py:imagenet256 --steps=20 \
     --out="$out/$name.json" "$@" 2>&1 | grep -vE "^(I|W)[0-9]{4}" | tail -4
@@ -15,8 +17,6 @@ run() {
 run train_step_b32_xla --batch=32
 run train_step_b32_cudnn --batch=32 --config.model.attention_impl=cudnn
 run train_step_b64_cudnn --batch=64 --config.model.attention_impl=cudnn
-run train_step_b128_cudnn_remat --batch=128 --config.model.attention_impl=cudnn \
-  --config.model.remat=True
 python - "$out" <<'PY'
 import json, pathlib, sys
 for f in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
