@@ -1,8 +1,14 @@
 """Test set-up: 8 simulated CPU devices, set before jax is first imported."""
 
 import os
+import tempfile
 
 os.environ["JAX_PLATFORMS"] = "cpu"
+# One persistent compilation cache per test session, inherited by the CLI
+# subprocesses: runs of the same config compile once (~35 s saved per run).
+os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="vq3d_jax_cache_")
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
@@ -34,6 +40,9 @@ def tiny_overrides(data_dir: str) -> dict:
         "eval.num_examples": 16,
         "eval.global_batch_size": 8,
         "loss.adversarial_start_step": 0,
+        # No cosine decay: the program then does not depend on total_steps, so
+        # runs of different lengths share one compiled step.
+        "optim.decay": "constant",
         "model.codebook_size": 64,
         "model.disc_channel_base": 256,
         "model.disc_channel_max": 32,

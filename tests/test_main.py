@@ -60,6 +60,15 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, mini_data_dir):
     samples = os.listdir(resumed / "samples")
     assert any(name.endswith(".png") for name in samples)
 
+    # --mode=eval reports PSNR of the restored step into metrics.jsonl.
+    cmd = _command(resumed, mini_data_dir, total_steps=4) + ["--mode=eval"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    with open(resumed / "metrics.jsonl") as f:
+        last = json.loads(f.readlines()[-1])
+    assert last["step"] == 4 and 0 < last["eval/psnr"] < 100
+    assert last["eval/num_examples"] == 16
+
 
 def test_sigterm_finishes_the_step_saves_and_exits_zero(tmp_path, mini_data_dir):
     workdir = tmp_path / "w"
