@@ -62,6 +62,26 @@ def blur_downsample(x: jax.Array) -> jax.Array:
     return blur(x, (1, 1))[:, ::2, ::2]
 
 
+def _bias_and_activation(layer: nn.Module, y: jax.Array, bias_init: float) -> jax.Array:
+    """The shared tail of the equalised layers: + bias·lr (stored ÷ lr), then lrelu.
+
+    Called from inside the layer's compact ``__call__`` so the bias is its param.
+    """
+    if layer.use_bias:
+        bias = layer.param(
+            "bias",
+            partitioned(nn.initializers.constant(bias_init / layer.lr_multiplier),
+                        (layer.kernel_axes[-1],)),
+            (layer.features,), layer.param_dtype,
+        )
+        y = y + (jnp.asarray(bias, jnp.float32) * layer.lr_multiplier).astype(layer.dtype)
+    if layer.activation == "lrelu":
+        return lrelu(y)
+    if layer.activation is not None:
+        raise ValueError(f"unknown activation {layer.activation!r}")
+    return y
+
+
 class EqualConv2d(nn.Module):
     """Conv with equalised learning rate (ProGAN §4.1, used throughout StyleGAN2).
 
@@ -118,16 +138,7 @@ class EqualConv2d(nn.Module):
             x, weight, window_strides=(stride, stride), padding=pad,
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
-        if self.use_bias:
-            bias = self.param(
-                "bias", partitioned(nn.initializers.zeros, (self.kernel_axes[-1],)),
-                (self.features,), self.param_dtype,
-            )
-            y = y + (jnp.asarray(bias, jnp.float32) * self.lr_multiplier).astype(self.dtype)
-        if self.activation == "lrelu":
-            y = lrelu(y)
-        elif self.activation is not None:
-            raise ValueError(f"unknown activation {self.activation!r}")
+        y = _bias_and_activation(self, y, bias_init=0.0)
         if self.gain != 1.0:
             y = y * jnp.asarray(self.gain, y.dtype)
         return y
@@ -162,19 +173,7 @@ class EqualDense(nn.Module):
         scale = self.lr_multiplier / math.sqrt(in_features)
         weight = (jnp.asarray(weight, jnp.float32) * scale).astype(self.dtype)
         y = jnp.dot(x.astype(self.dtype), weight)
-        if self.use_bias:
-            bias = self.param(
-                "bias",
-                partitioned(nn.initializers.constant(self.bias_init / self.lr_multiplier),
-                            (self.kernel_axes[-1],)),
-                (self.features,), self.param_dtype,
-            )
-            y = y + (jnp.asarray(bias, jnp.float32) * self.lr_multiplier).astype(self.dtype)
-        if self.activation == "lrelu":
-            y = lrelu(y)
-        elif self.activation is not None:
-            raise ValueError(f"unknown activation {self.activation!r}")
-        return y
+        return _bias_and_activation(self, y, bias_init=self.bias_init)
 
 
 def _largest_divisor_at_most(n: int, k: int) -> int:

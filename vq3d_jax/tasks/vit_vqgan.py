@@ -249,17 +249,3 @@ class ViTVQGANTask:
         images = images_to_float(batch["image"][: self.num_sample_images])
         recon = self._reconstruct(state, images)
         return {"reconstruction": image_grid([images_to_uint8(images), images_to_uint8(recon)])}
-
-    def flops_per_step(self, global_batch_size: int) -> float:
-        from vq3d_jax.models.vit_vqgan import analytic_flops_per_image
-
-        m = self.config.model
-        forward = analytic_flops_per_image(
-            encoder_variant=m.encoder_variant,
-            decoder_variant=m.decoder_variant,
-            patch_size=m.patch_size,
-            image_size=self.image_size,
-            code_dim=m.code_dim,
-            codebook_size=m.codebook_size,
-        )
-        return 3.0 * forward * global_batch_size  # backward ≈ 2× forward (PaLM, App. B)

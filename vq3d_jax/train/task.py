@@ -10,8 +10,8 @@ import jax
 class Task(Protocol):
     """A task builds its networks from the config and owns their maths.
 
-    Every method except `flops_per_step` is traced under `jax.jit` by the loop,
-    which supplies the shardings; batches arrive as global arrays.
+    Every method is traced under `jax.jit` by the loop, which supplies the
+    shardings; batches arrive as global arrays.
     """
 
     #: Batch keys the train step reads (others the pipeline yields stay on host).
@@ -30,6 +30,3 @@ class Task(Protocol):
 
     def sample(self, state: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
         """uint8 pictures of what the model produces: [H,W,C] → PNG, [T,H,W,C] → GIF."""
-
-    def flops_per_step(self, global_batch_size: int) -> float:
-        """Analytic model FLOPs of one train step (PaLM-style MFU numerator)."""
