@@ -127,3 +127,59 @@ def test_mesh_errors_name_the_problem():
     assert dict(sharding.create_mesh({"data": -1, "fsdp": 2, "tensor": 1}).shape) == {
         "data": 4, "fsdp": 2, "tensor": 1,
     }
+
+
+class _CountingIterator:
+    """A checkpointable stand-in for the grain iterator (bytes state, like grain's API)."""
+
+    def __init__(self):
+        self.i = 0
+
+    def __next__(self):
+        self.i += 1
+        return {"image": np.full((8, 2), self.i, np.float32)}
+
+    def get_state(self) -> bytes:
+        return str(self.i).encode()
+
+    def set_state(self, state: bytes) -> None:
+        self.i = int(state.decode())
+
+    def start_prefetch(self) -> None:
+        pass
+
+
+class _NaNAtStep3Task:
+    """Loss turns NaN on the third step; the loop must stop before saving that state."""
+
+    train_keys = eval_keys = ("image",)
+
+    def init_state(self, rng):
+        import flax.linen as nn
+
+        from vq3d_jax.train.state import TrainState
+
+        w = nn.LogicallyPartitioned(jnp.zeros((4,)), ("embed",))
+        return TrainState(step=jnp.zeros((), jnp.int32), params={"w": w}, opt_state={}, rng=rng)
+
+    def train_step(self, state, batch):
+        loss = jnp.where(state.step >= 2, jnp.nan, jnp.mean(batch["image"]))
+        return state.replace(step=state.step + 1, params={"w": state.params["w"] + 1}), {
+            "loss/total": loss
+        }
+
+
+def test_nan_loss_stops_without_saving_the_bad_state(tmp_path):
+    from vq3d_jax.train.loop import NonFiniteLossError, build_runtime, train
+
+    config = _config(data=8)
+    config.update(total_steps=10, checkpoint_every=1, log_every=5)
+    rt = build_runtime(_NaNAtStep3Task(), config)
+    with pytest.raises(NonFiniteLossError, match="step 3"):
+        train(rt, str(tmp_path), _CountingIterator())
+    ckpt = Checkpointer(str(tmp_path / "checkpoints"), keep=3, save_every=1)
+    assert ckpt.all_steps() == [1, 2]
+    state, step = ckpt.restore_latest(rt.abstract_state, _CountingIterator())
+    assert step == 2 and np.all(np.asarray(state.params["w"]) == 2.0)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert lines == []  # no log step was reached before the NaN
