@@ -134,3 +134,43 @@ def test_discriminator_other_resolutions(res, base, cmax):
     if res == 256:
         assert params["params"]["from_rgb"]["kernel"].shape == (1, 1, 3, 128)
         assert params["params"]["b4_fc"]["kernel"].shape == (512 * 16, 512)
+
+
+def test_scale_shift_alignment_equals_numpy_least_squares():
+    from vq3d_jax.losses import align_scale_shift
+
+    rng = np.random.default_rng(0)
+    source = rng.uniform(0.1, 2.0, (3, 50))
+    target = 1.7 * source - 0.3 + 0.05 * rng.normal(size=(3, 50))
+    mask = rng.uniform(size=(3, 50)) > 0.3
+    scale, shift = align_scale_shift(jnp.asarray(source), jnp.asarray(target), jnp.asarray(mask))
+    for i in range(3):
+        m = mask[i]
+        design = np.stack([source[i][m], np.ones(m.sum())], axis=1)
+        (a, b), *_ = np.linalg.lstsq(design, target[i][m], rcond=None)
+        np.testing.assert_allclose([scale[i], shift[i]], [a, b], rtol=1e-4, atol=1e-5)
+    # No gradient flows through the fitted coefficients.
+    grad = jax.grad(lambda s: jnp.sum(align_scale_shift(s, jnp.asarray(target))[0]))(
+        jnp.asarray(source)
+    )
+    assert float(jnp.max(jnp.abs(grad))) == 0.0
+
+
+def test_depth_losses_closed_form():
+    from vq3d_jax.losses import depth_losses
+
+    # Pseudo disparity = 2·true + 1 per ray: alignment recovers the truth exactly.
+    true = jnp.asarray([[0.5, 1.0, 0.25, 0.8]])
+    pseudo = 2.0 * true + 1.0
+    # Two samples per ray: one on the true disparity (weight 0.75), one 0.4 off (weight 0.25).
+    sample_disp = jnp.stack([true, true + 0.4], axis=-1)
+    weights = jnp.broadcast_to(jnp.asarray([0.75, 0.25]), sample_disp.shape)
+    rendered = jnp.sum(weights * sample_disp, axis=-1)  # true + 0.1
+    out = depth_losses(
+        weights=weights, sample_disparity=sample_disp,
+        rendered_disparity=rendered, pseudo_disparity=pseudo,
+    )
+    # Aligned to the rendered disparity (true + 0.1): pointwise = 0.75·0.1 + 0.25·0.3.
+    np.testing.assert_allclose(out["aligned_target"], true + 0.1, atol=1e-5)
+    assert float(out["weighted_pointwise"]) == pytest.approx(0.75 * 0.1 + 0.25 * 0.3, abs=1e-5)
+    assert float(out["integrated"]) == pytest.approx(0.0, abs=1e-5)

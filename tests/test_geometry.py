@@ -1,0 +1,332 @@
+"""vq3d_jax.geometry against closed forms, float64 numpy references and the dataset's numpy
+camera helpers. Small shapes, un-jitted jnp: the whole file runs in seconds on CPU."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vq3d_jax import geometry as geo
+from vq3d_jax.datasets import raycast as rc
+
+# --------------------------------------------------------------------------- cameras
+
+
+def _random_pose(rng):
+    eye = rng.uniform(-4.0, 4.0, 3) + np.array([0.0, -1.0, -6.0])
+    target = rng.uniform(-1.0, 1.0, 3)
+    return rc.look_at(eye, target), target
+
+
+def test_cameras_match_dataset_numpy_helpers():
+    rng = np.random.default_rng(0)
+    height, width = 5, 7  # H != W catches swapped arguments
+    k_np = rc.intrinsics_from_fov(47.0, width, height)  # numpy order: (width, height)
+    k = geo.intrinsics_from_fov(47.0, height, width)
+    np.testing.assert_allclose(k, k_np, rtol=1e-6)
+
+    poses, orbits = [], []
+    for _ in range(3):
+        eye, target = rng.normal(size=3) * 3.0, rng.normal(size=3)
+        c2w_np = rc.look_at(eye, target)
+        np.testing.assert_allclose(geo.look_at(eye, target), c2w_np, atol=1e-5)
+        yaw, pitch = rng.uniform(-0.5, 0.5, 2)
+        orbit_np = rc.orbit(c2w_np, target, yaw, pitch)
+        np.testing.assert_allclose(geo.orbit(c2w_np, target, yaw, pitch), orbit_np, atol=1e-5)
+        poses.append(c2w_np)
+        orbits.append(orbit_np)
+    # Batched orbit agrees too.
+    yaws, pitches = np.array([0.1, -0.2, 0.3]), np.array([-0.3, 0.2, 0.05])
+    np.testing.assert_allclose(
+        geo.orbit(np.stack(poses), np.zeros(3), yaws, pitches),
+        np.stack([rc.orbit(p, np.zeros(3), y, q) for p, y, q in zip(poses, yaws, pitches)]),
+        atol=1e-5,
+    )
+
+    cams = np.stack(poses)
+    o_np, d_np = rc.pixel_rays(k_np, cams, height, width)  # (V, 3), (3, V, H*W)
+    origins, dirs = geo.pixel_rays(k, cams, height, width)  # [V, H, W, 3]
+    assert dirs.shape == (3, height, width, 3)
+    np.testing.assert_allclose(dirs, d_np.transpose(1, 2, 0).reshape(3, height, width, 3), 1e-5)
+    np.testing.assert_allclose(origins[:, 2, 3], o_np, rtol=1e-6)
+
+    points = rng.normal(size=(11, 3)) * 2.0
+    uv_np, z_np = rc.project(points, k_np, poses[0])
+    uv, z = geo.project(points, k, poses[0])
+    np.testing.assert_allclose(uv, uv_np, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(z, z_np, rtol=1e-5, atol=1e-5)
+
+
+def test_project_unproject_roundtrip_and_principal_point():
+    rng = np.random.default_rng(1)
+    c2w, _ = _random_pose(rng)
+    k = geo.intrinsics_from_fov(60.0, 16, 24)
+    uv = rng.uniform(0.0, [24.0, 16.0], (50, 2))
+    depth = rng.uniform(0.5, 20.0, 50)
+    points = geo.unproject(uv, depth, k, c2w)
+    uv2, depth2 = geo.project(points, k, c2w)
+    np.testing.assert_allclose(uv2, uv, atol=2e-3)
+    np.testing.assert_allclose(depth2, depth, rtol=1e-5)
+    # A point on the optical axis lands on the principal point, the image centre.
+    on_axis = c2w[:3, 3] + 3.7 * c2w[:3, 2]
+    uv_c, z_c = geo.project(on_axis, k, c2w)
+    np.testing.assert_allclose(uv_c, [12.0, 8.0], atol=1e-4)
+    assert float(z_c) == pytest.approx(3.7, rel=1e-5)
+
+
+def test_pixel_ray_parameter_is_z_depth():
+    rng = np.random.default_rng(2)
+    c2w, _ = _random_pose(rng)
+    k = geo.intrinsics_from_fov(50.0, 4, 6)
+    origins, dirs = geo.pixel_rays(k, c2w, 4, 6)
+    t = jnp.asarray(rng.uniform(0.5, 10.0, (4, 6)), jnp.float32)
+    uv, depth = geo.project(origins + t[..., None] * dirs, k, c2w)
+    np.testing.assert_allclose(depth, t, rtol=1e-5)
+    cols, rows = np.meshgrid(np.arange(6) + 0.5, np.arange(4) + 0.5)
+    np.testing.assert_allclose(uv, np.stack([cols, rows], -1), atol=1e-3)
+    # Unit directions and |d|: |d| >= 1, equal to 1 only on the optical axis.
+    unit, norm = geo.normalize_directions(dirs)
+    np.testing.assert_allclose(jnp.linalg.norm(unit, axis=-1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(unit * norm[..., None], dirs, rtol=1e-6)
+    assert float(norm.min()) >= 1.0
+
+
+def test_orbit_keeps_pivot_centred_and_distance():
+    rng = np.random.default_rng(3)
+    c2w, pivot = _random_pose(rng)
+    out = np.asarray(geo.orbit(c2w, pivot, 0.4, -0.3))
+    to_pivot = pivot - out[:3, 3]
+    dist = np.linalg.norm(to_pivot)
+    assert dist == pytest.approx(np.linalg.norm(pivot - c2w[:3, 3]), rel=1e-5)
+    np.testing.assert_allclose(out[:3, 2], to_pivot / dist, atol=1e-5)
+    np.testing.assert_allclose(out[:3, :3].T @ out[:3, :3], np.eye(3), atol=1e-5)
+    assert out[:3, 0] @ rc.WORLD_UP == pytest.approx(0.0, abs=1e-5)  # no roll added
+    assert not np.allclose(out, c2w, atol=1e-2)  # it did move
+
+
+# --------------------------------------------------------------------------- contraction
+
+
+def _contract_ref(x):
+    x = np.asarray(x, np.float64)
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    return np.where(n <= 1.0, x, (2.0 - 1.0 / np.maximum(n, 1e-300)) * x / np.maximum(n, 1e-300))
+
+
+def test_contract_identity_inside_and_matches_reference():
+    rng = np.random.default_rng(4)
+    inside = rng.normal(size=(64, 3))
+    inside *= rng.uniform(0, 0.999, (64, 1)) / np.linalg.norm(inside, axis=-1, keepdims=True)
+    np.testing.assert_array_equal(geo.contract(inside.astype(np.float32)), inside.astype(np.float32))
+    x = rng.normal(size=(256, 3)) * np.exp(rng.uniform(-3.0, 8.0, (256, 1)))
+    np.testing.assert_allclose(geo.contract(x.astype(np.float32)), _contract_ref(x), rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(geo.contract_to_unit(x), 0.5 * _contract_ref(x), rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(geo.inverse_contract(geo.contract(x)), x, rtol=2e-3)
+
+
+def test_contract_continuous_bounded_monotone_and_finite_gradients():
+    direction = np.array([0.48, -0.6, 0.64])  # unit
+    below, above = geo.contract((1.0 - 1e-4) * direction), geo.contract((1.0 + 1e-4) * direction)
+    np.testing.assert_allclose(below, above, atol=3e-4)
+    huge = geo.contract(1e10 * direction)
+    # 2 - 1e-10 rounds to 2 in float32: "bounded by 2" is the float statement.
+    assert np.all(np.isfinite(huge)) and float(jnp.linalg.norm(huge)) <= 2.0
+    assert float(jnp.linalg.norm(huge)) == pytest.approx(2.0, rel=1e-6)
+    radii = np.geomspace(1e-3, 1e6, 200)
+    norms = jnp.linalg.norm(geo.contract(radii[:, None] * direction), axis=-1)
+    assert np.all(np.diff(np.asarray(norms)) >= 0.0) and np.all(np.asarray(norms) < 2.0)
+
+    grad = jax.grad(lambda x: jnp.sum(geo.contract(x)))
+    g0 = grad(jnp.zeros(3))
+    np.testing.assert_allclose(g0, np.ones(3))  # identity near 0
+    g_far = grad(jnp.asarray(1e8 * direction, jnp.float32))
+    assert np.all(np.isfinite(g_far)) and float(jnp.abs(g_far).max()) < 1e-6
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def test_volume_render_homogeneous_slab_closed_forms():
+    sigma, a, b, n = 1.5, 2.0, 4.0, 2000
+    edges = np.linspace(1.0, 5.0, n + 1)
+    mids = 0.5 * (edges[1:] + edges[:-1])
+    dens = np.where((mids > a) & (mids < b), sigma, 0.0)
+    out = geo.volume_render(dens, np.ones((n, 1)), edges)
+    length = b - a
+    opacity = 1.0 - np.exp(-sigma * length)
+    after = np.searchsorted(mids, b)
+    assert float(out["transmittance"][after]) == pytest.approx(np.exp(-sigma * length), rel=1e-4)
+    assert float(out["final_transmittance"]) == pytest.approx(np.exp(-sigma * length), rel=1e-4)
+    assert float(out["opacity"]) == pytest.approx(opacity, rel=1e-5)
+    np.testing.assert_allclose(out["weights"].sum(), out["opacity"], rtol=1e-6)
+    # E[t] over the slab: ∫_a^b t σ e^{-σ(t-a)} dt / opacity.
+    integral = a * opacity + 1.0 / sigma - np.exp(-sigma * length) * (length + 1.0 / sigma)
+    assert float(out["depth_normalized"]) == pytest.approx(integral / opacity, rel=1e-5)
+    assert float(out["depth"]) == pytest.approx(integral, rel=1e-5)
+    # E[1/t]: ∫ σ e^{-σ(t-a)} / t dt, by fine quadrature.
+    tq = np.linspace(a, b, 200001)
+    disp = np.trapezoid(sigma * np.exp(-sigma * (tq - a)) / tq, tq)
+    assert float(out["disparity"]) == pytest.approx(disp, rel=1e-4)
+
+
+def test_volume_render_opaque_sample_background_and_infinite_edge():
+    edges = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    dens = np.array([0.0, 0.0, 1e4, 0.7, 0.7])
+    colors = np.arange(15.0).reshape(5, 3)
+    out = geo.volume_render(dens, colors, edges, background=np.array([9.0, 9.0, 9.0]))
+    np.testing.assert_allclose(out["weights"], [0, 0, 1, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(out["color"], colors[2], atol=1e-4)
+    assert float(out["depth"]) == pytest.approx(3.5, rel=1e-5)
+
+    dens = np.array([0.3, 0.2, 0.1, 0.4, 0.05])
+    bg = np.array([0.2, 0.5, 0.9])
+    with_bg = geo.volume_render(dens, colors, edges, background=bg)
+    without = geo.volume_render(dens, colors, edges)
+    t_final = np.exp(-dens.sum())
+    assert float(with_bg["final_transmittance"]) == pytest.approx(t_final, rel=1e-5)
+    np.testing.assert_allclose(with_bg["color"] - without["color"], t_final * bg, rtol=1e-4)
+    assert float(with_bg["depth"]) == pytest.approx(float(without["depth"]))
+
+    # far = inf: the last sample takes everything left, and nothing is NaN (nor its gradient).
+    inf_edges = np.array([1.0, 2.0, 4.0, np.inf])
+    for last in (0.5, 0.0):
+        dens = jnp.array([0.1, 0.2, last])
+        out = geo.volume_render(dens, np.ones((3, 2)), inf_edges, background=np.zeros(2))
+        for value in out.values():
+            assert np.all(np.isfinite(value))
+        expected_opacity = 1.0 if last > 0 else 1.0 - np.exp(-0.1 - 0.4)
+        assert float(out["opacity"]) == pytest.approx(expected_opacity, rel=1e-6)
+        grad = jax.grad(lambda d: geo.volume_render(d, jnp.ones((3, 2)), inf_edges)["depth"])(dens)
+        assert np.all(np.isfinite(grad))
+    assert float(out["depth"]) < np.inf and float(out["disparity"]) > 0.0
+
+
+# --------------------------------------------------------------------------- triplane
+
+
+def _triplane_ref(planes, points):
+    """Brute-force float64 bilinear: tent weights over every texel, border clamp."""
+    planes, points = np.asarray(planes, np.float64), np.asarray(points, np.float64)
+    res = planes.shape[1]
+    out = []
+    for p, (a, b) in enumerate(geo.PLANE_AXES):
+        fu = np.clip(((points[:, a] + 1.0) * res - 1.0) / 2.0, 0.0, res - 1.0)
+        fv = np.clip(((points[:, b] + 1.0) * res - 1.0) / 2.0, 0.0, res - 1.0)
+        idx = np.arange(res)
+        wu = np.maximum(0.0, 1.0 - np.abs(fu[:, None] - idx))  # [N, R] over columns
+        wv = np.maximum(0.0, 1.0 - np.abs(fv[:, None] - idx))  # [N, R] over rows
+        out.append(np.einsum("ni,nj,ijc->nc", wv, wu, planes[p]))
+    return np.stack(out, 1)
+
+
+def test_triplane_texel_centres_and_midpoints():
+    rng = np.random.default_rng(5)
+    res, ch = 4, 3
+    planes = rng.normal(size=(3, res, res, ch)).astype(np.float32)
+    centres = -1.0 + (2.0 * np.arange(res) + 1.0) / res
+    rows, cols = np.meshgrid(np.arange(res), np.arange(res), indexing="ij")
+    for p, (a, b) in enumerate(geo.PLANE_AXES):
+        pts = rng.uniform(-1.0, 1.0, (res, res, 3))  # the third axis is irrelevant
+        pts[..., a], pts[..., b] = centres[cols], centres[rows]
+        feats = geo.triplane_features(planes, pts.astype(np.float32))
+        np.testing.assert_allclose(feats[..., p, :], planes[p], atol=1e-6)
+        # Half-way between horizontal and between vertical neighbours: their means.
+        mid_u = pts[:, :-1].copy()
+        mid_u[..., a] = 0.5 * (centres[cols[:, :-1]] + centres[cols[:, 1:]])
+        np.testing.assert_allclose(
+            geo.triplane_features(planes, mid_u)[..., p, :],
+            0.5 * (planes[p][:, :-1] + planes[p][:, 1:]),
+            atol=1e-6,
+        )
+        mid_v = pts[:-1].copy()
+        mid_v[..., b] = 0.5 * (centres[rows[:-1]] + centres[rows[1:]])
+        np.testing.assert_allclose(
+            geo.triplane_features(planes, mid_v)[..., p, :],
+            0.5 * (planes[p][:-1] + planes[p][1:]),
+            atol=1e-6,
+        )
+
+
+def test_triplane_matches_bruteforce_reference_batched_and_reductions():
+    rng = np.random.default_rng(6)
+    planes = rng.normal(size=(2, 3, 5, 5, 4)).astype(np.float32)
+    points = rng.uniform(-1.15, 1.15, (2, 6, 7, 3)).astype(np.float32)  # some outside
+    feats = geo.triplane_features(planes, points)
+    assert feats.shape == (2, 6, 7, 3, 4)
+    for i in range(2):
+        ref = _triplane_ref(planes[i], points[i].reshape(-1, 3)).reshape(6, 7, 3, 4)
+        np.testing.assert_allclose(feats[i], ref, atol=1e-5)
+    np.testing.assert_allclose(geo.triplane_features(planes, points, "sum"), feats.sum(-2), 1e-6)
+    np.testing.assert_allclose(
+        geo.triplane_features(planes, points, "mean"), feats.mean(-2), rtol=1e-6
+    )
+    np.testing.assert_array_equal(
+        geo.triplane_features(planes, points, "concat"), feats.reshape(2, 6, 7, 12)
+    )
+    with pytest.raises(ValueError):
+        geo.triplane_features(planes, points, "max")
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def test_stratified_disparity_samples_bins_sorted_and_infinite_far():
+    key = jax.random.PRNGKey(0)
+    near = np.array([[0.5], [1.0]])
+    for far in (np.array([[4.0], [8.0]]), np.inf):
+        t, edges = geo.stratified_disparity_samples(key, near, far, 16, (2, 3))
+        assert t.shape == (2, 3, 16) and edges.shape == (2, 3, 17)
+        assert np.all(np.isfinite(t))
+        assert np.all(np.diff(np.asarray(t), axis=-1) > 0.0)
+        assert np.all((edges[..., :-1] <= t) & (t <= edges[..., 1:]))
+        np.testing.assert_allclose(edges[..., 0], np.broadcast_to(near, (2, 3)))
+        assert np.all(edges[..., -1] == np.broadcast_to(far, (2, 3)))
+        # Equal bins in disparity.
+        np.testing.assert_allclose(np.diff(1.0 / np.asarray(edges), axis=-1).std(-1), 0.0, atol=1e-5)
+    t_mid, edges = geo.stratified_disparity_samples(None, 1.0, np.inf, 4, (), randomized=False)
+    np.testing.assert_allclose(t_mid, 1.0 / np.array([0.875, 0.625, 0.375, 0.125]), rtol=1e-6)
+    np.testing.assert_allclose(edges, [1.0, 4.0 / 3.0, 2.0, 4.0, np.inf], rtol=1e-6)
+    np.testing.assert_array_equal(
+        geo.merge_samples(jnp.array([1.0, 3.0]), jnp.array([2.0, 0.5, 4.0])),
+        [0.5, 1.0, 2.0, 3.0, 4.0],
+    )
+    np.testing.assert_allclose(
+        geo.edges_from_samples(jnp.array([1.0, 2.0, 4.0]), 0.5, np.inf), [0.5, 1.5, 3.0, np.inf]
+    )
+
+
+@pytest.mark.parametrize("space", ["disparity", "depth"])
+def test_sample_pdf_follows_weight_cdf(space):
+    num = 4096
+    inf = space == "disparity"
+    edges = np.array([1.0, 1.5, 2.5, 3.0, 5.0, np.inf if inf else 9.0])
+    weights = np.array([0.1, 0.0, 0.4, 0.3, 0.2])
+    coord = (lambda t: 1.0 / t) if inf else (lambda t: t)
+    key = jax.random.PRNGKey(1)
+    batch_edges = np.stack([edges, edges])
+    batch_weights = np.stack([weights, 3.0 * weights])  # scale must not matter
+    t = geo.sample_pdf(key, batch_edges, batch_weights, num, space=space)
+    t_det = geo.sample_pdf(None, edges, weights, num, randomized=False, space=space)
+    c_edges, cdf = coord(edges), np.concatenate([[0.0], np.cumsum(weights)])
+    for samples in (*np.asarray(t, np.float64), np.asarray(t_det, np.float64)):
+        assert np.all(np.isfinite(samples)) and np.all(np.diff(samples) >= 0.0)
+        in_zero_bin = (samples > edges[1]) & (samples < edges[2])
+        assert not in_zero_bin.any()
+        # Analytic CDF of the piecewise-constant density (constant in `space` within a bin).
+        c = coord(samples)
+        i = np.clip(np.searchsorted(edges, samples, side="right") - 1, 0, len(weights) - 1)
+        analytic = cdf[i] + weights[i] * (c - c_edges[i]) / (c_edges[i + 1] - c_edges[i])
+        k = np.arange(num)
+        ks = max(np.max((k + 1) / num - analytic), np.max(analytic - k / num))
+        # Stratified u's put exactly one sample per 1/N of probability: KS <= 1/N (+ fp).
+        assert ks < 1.5 / num, ks
+    grad = jax.grad(lambda w: jnp.sum(geo.sample_pdf(key, edges, w, 8, space=space)))(
+        jnp.asarray(weights)
+    )
+    np.testing.assert_array_equal(grad, 0.0)  # stop_gradient on resampled distances
+
+
+def test_sample_pdf_zero_weights_fall_back_to_uniform():
+    edges = np.array([1.0, 2.0, 3.0, 4.0])
+    t = geo.sample_pdf(None, edges, np.zeros(3), 6, randomized=False, space="depth")
+    np.testing.assert_allclose(t, 1.0 + (np.arange(6) + 0.5) / 2.0, rtol=1e-6)

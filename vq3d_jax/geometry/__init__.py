@@ -1,0 +1,52 @@
+"""Pure ``jax.numpy`` geometry shared by every head: cameras, contraction, ray sampling,
+volume rendering and tri-plane lookup (no Flax). Conventions: ``cameras`` module docstring.
+"""
+
+from vq3d_jax.geometry.cameras import (
+    WORLD_UP,
+    Camera,
+    intrinsics_from_fov,
+    look_at,
+    normalize_directions,
+    orbit,
+    pixel_rays,
+    project,
+    rotation_about_axis,
+    unproject,
+    world_to_camera,
+)
+from vq3d_jax.geometry.contraction import contract, contract_to_unit, inverse_contract
+from vq3d_jax.geometry.rendering import interval_midpoints, volume_render
+from vq3d_jax.geometry.sampling import (
+    edges_from_samples,
+    merge_samples,
+    sample_pdf,
+    stratified_disparity_samples,
+)
+from vq3d_jax.geometry.triplane import PLANE_AXES, PLANE_NAMES, triplane_features
+
+__all__ = [
+    "WORLD_UP",
+    "Camera",
+    "PLANE_AXES",
+    "PLANE_NAMES",
+    "contract",
+    "contract_to_unit",
+    "edges_from_samples",
+    "interval_midpoints",
+    "intrinsics_from_fov",
+    "inverse_contract",
+    "look_at",
+    "merge_samples",
+    "normalize_directions",
+    "orbit",
+    "pixel_rays",
+    "project",
+    "rotation_about_axis",
+    "sample_pdf",
+    "stratified_disparity_samples",
+    "triplane_features",
+    "unproject",
+    "volume_render",
+    "world_to_camera",
+]

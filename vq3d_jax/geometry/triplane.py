@@ -1,0 +1,92 @@
+"""Tri-plane feature lookup (EG3D, arXiv 2112.07945, §4 "tri-plane hybrid representation").
+
+Layout: ``planes`` [*batch, 3, R, R, C], channels last (lane-dense gathers on TPU/GPU).
+The three planes are xy, yz and zx (each axis pair once; not EG3D code's duplicated xz).
+Plane p with axis pair (a, b) is indexed ``plane[row, col]`` with the column from the
+first axis and the row from the second, as image grid-sampling does (u → width,
+v → height):
+
+    plane 0 (xy): col ← x, row ← y
+    plane 1 (yz): col ← y, row ← z
+    plane 2 (zx): col ← z, row ← x
+
+Coordinates are in [-1, 1]; texel i's centre sits at -1 + (2i + 1)/R (align_corners =
+False) and points outside the centres' range clamp to the border texels.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# (column axis, row axis) of each plane.
+PLANE_AXES = ((0, 1), (1, 2), (2, 0))
+PLANE_NAMES = ("xy", "yz", "zx")
+
+
+def _lookup(planes: jnp.ndarray, points: jnp.ndarray) -> jnp.ndarray:
+    """One tri-plane [3, R, R, C], points [N, 3] → bilinear features [N, 3, C]."""
+    _, res_v, res_u, channels = planes.shape
+    flat = planes.reshape(3 * res_v * res_u, channels)
+    pts = points.astype(jnp.promote_types(points.dtype, jnp.float32))
+    cols = jnp.stack([pts[:, a] for a, _ in PLANE_AXES], -1)  # [N, 3]
+    rows = jnp.stack([pts[:, b] for _, b in PLANE_AXES], -1)
+
+    def corners(coord, res):
+        # Continuous texel index f = ((x + 1) R - 1) / 2 (centres at integers), border clamp;
+        # i0 <= R - 2 keeps i0 + 1 in range, with weight 1 on it at the last texel.
+        f = jnp.clip(((coord + 1.0) * res - 1.0) * 0.5, 0.0, res - 1.0)
+        i0 = jnp.clip(jnp.floor(f), 0, res - 2).astype(jnp.int32)
+        return i0, f - i0
+
+    c0, wc = corners(cols, res_u)
+    r0, wr = corners(rows, res_v)
+    base = jnp.arange(3, dtype=jnp.int32) * (res_v * res_u) + r0 * res_u + c0  # [N, 3]
+    # One gather per corner over the flattened planes.
+    f00 = jnp.take(flat, base, axis=0).astype(wc.dtype)  # [N, 3, C]
+    f01 = jnp.take(flat, base + 1, axis=0).astype(wc.dtype)
+    f10 = jnp.take(flat, base + res_u, axis=0).astype(wc.dtype)
+    f11 = jnp.take(flat, base + res_u + 1, axis=0).astype(wc.dtype)
+    wc, wr = wc[..., None], wr[..., None]
+    top = f00 + (f01 - f00) * wc
+    bottom = f10 + (f11 - f10) * wc
+    return top + (bottom - top) * wr
+
+
+def triplane_features(planes, points, reduce: str | None = None) -> jnp.ndarray:
+    """Bilinearly samples the xy, yz and zx planes at points (EG3D §4).
+
+    Args:
+      planes: [*batch, 3, R, R, C] (R >= 2), see the module docstring for the axes.
+      points: [*batch, ..., 3] in [-1, 1]^3 (e.g. ``contract_to_unit`` of world points);
+        the leading ``*batch`` dims match the planes' (one tri-plane per batch element).
+      reduce: None → [*batch, ..., 3, C] per-plane features; 'sum' / 'mean' → [..., C]
+        (EG3D aggregates by mean); 'concat' → [..., 3C] in plane order xy, yz, zx.
+
+    Interpolation runs in float32 at least; the result has the planes' dtype.
+    """
+    planes = jnp.asarray(planes)
+    points = jnp.asarray(points)
+    if planes.ndim < 4 or planes.shape[-4] != 3:
+        raise ValueError(f"planes must be [*batch, 3, R, R, C], got {planes.shape}")
+    nb = planes.ndim - 4
+    batch = planes.shape[:nb]
+    if points.shape[:nb] != batch or points.shape[-1] != 3:
+        raise ValueError(f"points {points.shape} must be [*{batch}, ..., 3]")
+    point_shape = points.shape[nb:-1]
+    channels = planes.shape[-1]
+    flat_planes = planes.reshape((-1,) + planes.shape[nb:])
+    flat_points = points.reshape(flat_planes.shape[0], -1, 3)
+    feats = jax.vmap(_lookup)(flat_planes, flat_points)  # [B, N, 3, C]
+    feats = feats.reshape(batch + point_shape + (3, channels))
+    if reduce is None:
+        out = feats
+    elif reduce == "sum":
+        out = jnp.sum(feats, -2)
+    elif reduce == "mean":
+        out = jnp.mean(feats, -2)
+    elif reduce == "concat":
+        out = feats.reshape(feats.shape[:-2] + (3 * channels,))
+    else:
+        raise ValueError(f"reduce must be None, 'sum', 'mean' or 'concat', got {reduce!r}")
+    return out.astype(planes.dtype)
