@@ -27,6 +27,10 @@ LOGICAL_AXIS_RULES = (
     ("conv_in", None),
     ("conv_out", "fsdp"),
     ("norm", None),
+    # The NeRF MLP is tiny: replicated.
+    ("mlp_in", None),
+    ("mlp_hidden", None),
+    ("mlp_out", None),
 )
 
 

@@ -95,6 +95,23 @@ class Encoder(nn.Module):
         )(x)
 
 
+def decoder_trunk(decoder: nn.Module, tokens: jax.Array, grid: int) -> jax.Array:
+    """+ sin-cos positions → ViT, inside a decoder's compact ``__call__``.
+
+    Shared by every head that decodes the quantized token grid (2D pixels here,
+    tri-planes in VQ3D); the ViT becomes the calling decoder's "transformer".
+    """
+    cfg = decode_variant(decoder.variant)
+    x = tokens.astype(decoder.dtype)
+    x = x + sincos_2d_position_embedding(grid, grid, cfg["width"]).astype(decoder.dtype)
+    x = nn.with_logical_constraint(x, ACT_EMBED)
+    return Transformer(
+        depth=cfg["depth"], width=cfg["width"], num_heads=cfg["heads"],
+        mlp_dim=cfg["mlp_dim"], dtype=decoder.dtype, param_dtype=decoder.param_dtype,
+        remat=decoder.remat, attention_impl=decoder.attention_impl, name="transformer",
+    )(x)
+
+
 class Decoder2D(nn.Module):
     """Tokens [B, T, width] → images [B, H, W, C] float32 (unbounded).
 
@@ -114,20 +131,12 @@ class Decoder2D(nn.Module):
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
-        cfg = decode_variant(self.variant)
         p, s = self.patch_size, self.image_size
         grid = s // p
         if tokens.shape[1] != grid * grid:
             raise ValueError(f"expected {grid * grid} tokens for {s}² / patch {p}, "
                              f"got {tokens.shape[1]}")
-        x = tokens.astype(self.dtype)
-        x = x + sincos_2d_position_embedding(grid, grid, cfg["width"]).astype(self.dtype)
-        x = nn.with_logical_constraint(x, ACT_EMBED)
-        x = Transformer(
-            depth=cfg["depth"], width=cfg["width"], num_heads=cfg["heads"],
-            mlp_dim=cfg["mlp_dim"], dtype=self.dtype, param_dtype=self.param_dtype,
-            remat=self.remat, attention_impl=self.attention_impl, name="transformer",
-        )(x)
+        x = decoder_trunk(self, tokens, grid)
         x = nn.Dense(
             p * p * self.out_channels,
             dtype=self.dtype,
