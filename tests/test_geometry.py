@@ -1,5 +1,11 @@
 """vq3d_jax.geometry against closed forms, float64 numpy references and the dataset's numpy
-camera helpers. Small shapes, un-jitted jnp: the whole file runs in seconds on CPU."""
+camera helpers.
+
+Every function runs under ``jax.jit`` (which is also what proves it jit-friendly): on CPU one
+compile per signature is several times cheaper than eager op-by-op dispatch here.
+"""
+
+import types
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +14,28 @@ import pytest
 
 from vq3d_jax import geometry as geo
 from vq3d_jax.datasets import raycast as rc
+
+g = types.SimpleNamespace(
+    intrinsics_from_fov=jax.jit(geo.intrinsics_from_fov, static_argnums=(1, 2)),
+    look_at=jax.jit(geo.look_at),
+    orbit=jax.jit(geo.orbit),
+    pixel_rays=jax.jit(geo.pixel_rays, static_argnums=(2, 3)),
+    project=jax.jit(geo.project),
+    unproject=jax.jit(geo.unproject),
+    normalize_directions=jax.jit(geo.normalize_directions),
+    contract=jax.jit(geo.contract),
+    contract_to_unit=jax.jit(geo.contract_to_unit),
+    inverse_contract=jax.jit(geo.inverse_contract),
+    volume_render=jax.jit(geo.volume_render),
+    triplane_features=jax.jit(geo.triplane_features, static_argnames="reduce"),
+    stratified_disparity_samples=jax.jit(
+        geo.stratified_disparity_samples,
+        static_argnames=("num_samples", "batch_shape", "randomized"),
+    ),
+    sample_pdf=jax.jit(geo.sample_pdf, static_argnames=("num_samples", "randomized", "space")),
+    merge_samples=jax.jit(geo.merge_samples),
+    edges_from_samples=jax.jit(geo.edges_from_samples),
+)
 
 # --------------------------------------------------------------------------- cameras
 
@@ -22,37 +50,37 @@ def test_cameras_match_dataset_numpy_helpers():
     rng = np.random.default_rng(0)
     height, width = 5, 7  # H != W catches swapped arguments
     k_np = rc.intrinsics_from_fov(47.0, width, height)  # numpy order: (width, height)
-    k = geo.intrinsics_from_fov(47.0, height, width)
+    k = g.intrinsics_from_fov(47.0, height, width)
     np.testing.assert_allclose(k, k_np, rtol=1e-6)
 
     poses, orbits = [], []
     for _ in range(3):
         eye, target = rng.normal(size=3) * 3.0, rng.normal(size=3)
         c2w_np = rc.look_at(eye, target)
-        np.testing.assert_allclose(geo.look_at(eye, target), c2w_np, atol=1e-5)
+        np.testing.assert_allclose(g.look_at(eye, target), c2w_np, atol=1e-5)
         yaw, pitch = rng.uniform(-0.5, 0.5, 2)
         orbit_np = rc.orbit(c2w_np, target, yaw, pitch)
-        np.testing.assert_allclose(geo.orbit(c2w_np, target, yaw, pitch), orbit_np, atol=1e-5)
+        np.testing.assert_allclose(g.orbit(c2w_np, target, yaw, pitch), orbit_np, atol=1e-5)
         poses.append(c2w_np)
         orbits.append(orbit_np)
     # Batched orbit agrees too.
     yaws, pitches = np.array([0.1, -0.2, 0.3]), np.array([-0.3, 0.2, 0.05])
     np.testing.assert_allclose(
-        geo.orbit(np.stack(poses), np.zeros(3), yaws, pitches),
+        g.orbit(np.stack(poses), np.zeros(3), yaws, pitches),
         np.stack([rc.orbit(p, np.zeros(3), y, q) for p, y, q in zip(poses, yaws, pitches)]),
         atol=1e-5,
     )
 
     cams = np.stack(poses)
     o_np, d_np = rc.pixel_rays(k_np, cams, height, width)  # (V, 3), (3, V, H*W)
-    origins, dirs = geo.pixel_rays(k, cams, height, width)  # [V, H, W, 3]
+    origins, dirs = g.pixel_rays(k, cams, height, width)  # [V, H, W, 3]
     assert dirs.shape == (3, height, width, 3)
     np.testing.assert_allclose(dirs, d_np.transpose(1, 2, 0).reshape(3, height, width, 3), 1e-5)
     np.testing.assert_allclose(origins[:, 2, 3], o_np, rtol=1e-6)
 
     points = rng.normal(size=(11, 3)) * 2.0
     uv_np, z_np = rc.project(points, k_np, poses[0])
-    uv, z = geo.project(points, k, poses[0])
+    uv, z = g.project(points, k, poses[0])
     np.testing.assert_allclose(uv, uv_np, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(z, z_np, rtol=1e-5, atol=1e-5)
 
@@ -60,16 +88,16 @@ def test_cameras_match_dataset_numpy_helpers():
 def test_project_unproject_roundtrip_and_principal_point():
     rng = np.random.default_rng(1)
     c2w, _ = _random_pose(rng)
-    k = geo.intrinsics_from_fov(60.0, 16, 24)
+    k = g.intrinsics_from_fov(60.0, 16, 24)
     uv = rng.uniform(0.0, [24.0, 16.0], (50, 2))
     depth = rng.uniform(0.5, 20.0, 50)
-    points = geo.unproject(uv, depth, k, c2w)
-    uv2, depth2 = geo.project(points, k, c2w)
+    points = g.unproject(uv, depth, k, c2w)
+    uv2, depth2 = g.project(points, k, c2w)
     np.testing.assert_allclose(uv2, uv, atol=2e-3)
     np.testing.assert_allclose(depth2, depth, rtol=1e-5)
     # A point on the optical axis lands on the principal point, the image centre.
     on_axis = c2w[:3, 3] + 3.7 * c2w[:3, 2]
-    uv_c, z_c = geo.project(on_axis, k, c2w)
+    uv_c, z_c = g.project(on_axis, k, c2w)
     np.testing.assert_allclose(uv_c, [12.0, 8.0], atol=1e-4)
     assert float(z_c) == pytest.approx(3.7, rel=1e-5)
 
@@ -77,15 +105,15 @@ def test_project_unproject_roundtrip_and_principal_point():
 def test_pixel_ray_parameter_is_z_depth():
     rng = np.random.default_rng(2)
     c2w, _ = _random_pose(rng)
-    k = geo.intrinsics_from_fov(50.0, 4, 6)
-    origins, dirs = geo.pixel_rays(k, c2w, 4, 6)
+    k = g.intrinsics_from_fov(50.0, 4, 6)
+    origins, dirs = g.pixel_rays(k, c2w, 4, 6)
     t = jnp.asarray(rng.uniform(0.5, 10.0, (4, 6)), jnp.float32)
-    uv, depth = geo.project(origins + t[..., None] * dirs, k, c2w)
+    uv, depth = g.project(origins + t[..., None] * dirs, k, c2w)
     np.testing.assert_allclose(depth, t, rtol=1e-5)
     cols, rows = np.meshgrid(np.arange(6) + 0.5, np.arange(4) + 0.5)
     np.testing.assert_allclose(uv, np.stack([cols, rows], -1), atol=1e-3)
     # Unit directions and |d|: |d| >= 1, equal to 1 only on the optical axis.
-    unit, norm = geo.normalize_directions(dirs)
+    unit, norm = g.normalize_directions(dirs)
     np.testing.assert_allclose(jnp.linalg.norm(unit, axis=-1), 1.0, rtol=1e-6)
     np.testing.assert_allclose(unit * norm[..., None], dirs, rtol=1e-6)
     assert float(norm.min()) >= 1.0
@@ -94,7 +122,7 @@ def test_pixel_ray_parameter_is_z_depth():
 def test_orbit_keeps_pivot_centred_and_distance():
     rng = np.random.default_rng(3)
     c2w, pivot = _random_pose(rng)
-    out = np.asarray(geo.orbit(c2w, pivot, 0.4, -0.3))
+    out = np.asarray(g.orbit(c2w, pivot, 0.4, -0.3))
     to_pivot = pivot - out[:3, 3]
     dist = np.linalg.norm(to_pivot)
     assert dist == pytest.approx(np.linalg.norm(pivot - c2w[:3, 3]), rel=1e-5)
@@ -117,26 +145,28 @@ def test_contract_identity_inside_and_matches_reference():
     rng = np.random.default_rng(4)
     inside = rng.normal(size=(64, 3))
     inside *= rng.uniform(0, 0.999, (64, 1)) / np.linalg.norm(inside, axis=-1, keepdims=True)
-    np.testing.assert_array_equal(geo.contract(inside.astype(np.float32)), inside.astype(np.float32))
+    np.testing.assert_array_equal(g.contract(inside.astype(np.float32)), inside.astype(np.float32))
     x = rng.normal(size=(256, 3)) * np.exp(rng.uniform(-3.0, 8.0, (256, 1)))
-    np.testing.assert_allclose(geo.contract(x.astype(np.float32)), _contract_ref(x), rtol=2e-6, atol=1e-6)
-    np.testing.assert_allclose(geo.contract_to_unit(x), 0.5 * _contract_ref(x), rtol=2e-6, atol=1e-6)
-    np.testing.assert_allclose(geo.inverse_contract(geo.contract(x)), x, rtol=2e-3)
+    np.testing.assert_allclose(
+        g.contract(x.astype(np.float32)), _contract_ref(x), rtol=2e-6, atol=1e-6
+    )
+    np.testing.assert_allclose(g.contract_to_unit(x), 0.5 * _contract_ref(x), rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(g.inverse_contract(g.contract(x)), x, rtol=2e-3)
 
 
 def test_contract_continuous_bounded_monotone_and_finite_gradients():
     direction = np.array([0.48, -0.6, 0.64])  # unit
-    below, above = geo.contract((1.0 - 1e-4) * direction), geo.contract((1.0 + 1e-4) * direction)
+    below, above = g.contract((1.0 - 1e-4) * direction), g.contract((1.0 + 1e-4) * direction)
     np.testing.assert_allclose(below, above, atol=3e-4)
-    huge = geo.contract(1e10 * direction)
+    huge = g.contract(1e10 * direction)
     # 2 - 1e-10 rounds to 2 in float32: "bounded by 2" is the float statement.
     assert np.all(np.isfinite(huge)) and float(jnp.linalg.norm(huge)) <= 2.0
     assert float(jnp.linalg.norm(huge)) == pytest.approx(2.0, rel=1e-6)
     radii = np.geomspace(1e-3, 1e6, 200)
-    norms = jnp.linalg.norm(geo.contract(radii[:, None] * direction), axis=-1)
+    norms = jnp.linalg.norm(g.contract(radii[:, None] * direction), axis=-1)
     assert np.all(np.diff(np.asarray(norms)) >= 0.0) and np.all(np.asarray(norms) < 2.0)
 
-    grad = jax.grad(lambda x: jnp.sum(geo.contract(x)))
+    grad = jax.grad(lambda x: jnp.sum(g.contract(x)))
     g0 = grad(jnp.zeros(3))
     np.testing.assert_allclose(g0, np.ones(3))  # identity near 0
     g_far = grad(jnp.asarray(1e8 * direction, jnp.float32))
@@ -151,7 +181,7 @@ def test_volume_render_homogeneous_slab_closed_forms():
     edges = np.linspace(1.0, 5.0, n + 1)
     mids = 0.5 * (edges[1:] + edges[:-1])
     dens = np.where((mids > a) & (mids < b), sigma, 0.0)
-    out = geo.volume_render(dens, np.ones((n, 1)), edges)
+    out = g.volume_render(dens, np.ones((n, 1)), edges)
     length = b - a
     opacity = 1.0 - np.exp(-sigma * length)
     after = np.searchsorted(mids, b)
@@ -173,30 +203,35 @@ def test_volume_render_opaque_sample_background_and_infinite_edge():
     edges = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
     dens = np.array([0.0, 0.0, 1e4, 0.7, 0.7])
     colors = np.arange(15.0).reshape(5, 3)
-    out = geo.volume_render(dens, colors, edges, background=np.array([9.0, 9.0, 9.0]))
+    out = g.volume_render(dens, colors, edges, background=np.array([9.0, 9.0, 9.0]))
     np.testing.assert_allclose(out["weights"], [0, 0, 1, 0, 0], atol=1e-6)
     np.testing.assert_allclose(out["color"], colors[2], atol=1e-4)
     assert float(out["depth"]) == pytest.approx(3.5, rel=1e-5)
 
     dens = np.array([0.3, 0.2, 0.1, 0.4, 0.05])
     bg = np.array([0.2, 0.5, 0.9])
-    with_bg = geo.volume_render(dens, colors, edges, background=bg)
-    without = geo.volume_render(dens, colors, edges)
+    with_bg = g.volume_render(dens, colors, edges, background=bg)
+    without = g.volume_render(dens, colors, edges)
     t_final = np.exp(-dens.sum())
     assert float(with_bg["final_transmittance"]) == pytest.approx(t_final, rel=1e-5)
     np.testing.assert_allclose(with_bg["color"] - without["color"], t_final * bg, rtol=1e-4)
     assert float(with_bg["depth"]) == pytest.approx(float(without["depth"]))
+    # delta_scale (|d| for z-depth edges) is the same as scaling the densities.
+    scaled = g.volume_render(dens, colors, edges, delta_scale=np.float32(2.0))
+    np.testing.assert_allclose(
+        scaled["weights"], g.volume_render(2.0 * dens, colors, edges)["weights"], rtol=1e-6
+    )
 
     # far = inf: the last sample takes everything left, and nothing is NaN (nor its gradient).
     inf_edges = np.array([1.0, 2.0, 4.0, np.inf])
     for last in (0.5, 0.0):
         dens = jnp.array([0.1, 0.2, last])
-        out = geo.volume_render(dens, np.ones((3, 2)), inf_edges, background=np.zeros(2))
+        out = g.volume_render(dens, np.ones((3, 2)), inf_edges, background=np.zeros(2))
         for value in out.values():
             assert np.all(np.isfinite(value))
         expected_opacity = 1.0 if last > 0 else 1.0 - np.exp(-0.1 - 0.4)
         assert float(out["opacity"]) == pytest.approx(expected_opacity, rel=1e-6)
-        grad = jax.grad(lambda d: geo.volume_render(d, jnp.ones((3, 2)), inf_edges)["depth"])(dens)
+        grad = jax.grad(lambda d: g.volume_render(d, jnp.ones((3, 2)), inf_edges)["depth"])(dens)
         assert np.all(np.isfinite(grad))
     assert float(out["depth"]) < np.inf and float(out["disparity"]) > 0.0
 
@@ -228,20 +263,20 @@ def test_triplane_texel_centres_and_midpoints():
     for p, (a, b) in enumerate(geo.PLANE_AXES):
         pts = rng.uniform(-1.0, 1.0, (res, res, 3))  # the third axis is irrelevant
         pts[..., a], pts[..., b] = centres[cols], centres[rows]
-        feats = geo.triplane_features(planes, pts.astype(np.float32))
+        feats = g.triplane_features(planes, pts.astype(np.float32))
         np.testing.assert_allclose(feats[..., p, :], planes[p], atol=1e-6)
         # Half-way between horizontal and between vertical neighbours: their means.
         mid_u = pts[:, :-1].copy()
         mid_u[..., a] = 0.5 * (centres[cols[:, :-1]] + centres[cols[:, 1:]])
         np.testing.assert_allclose(
-            geo.triplane_features(planes, mid_u)[..., p, :],
+            g.triplane_features(planes, mid_u)[..., p, :],
             0.5 * (planes[p][:, :-1] + planes[p][:, 1:]),
             atol=1e-6,
         )
         mid_v = pts[:-1].copy()
         mid_v[..., b] = 0.5 * (centres[rows[:-1]] + centres[rows[1:]])
         np.testing.assert_allclose(
-            geo.triplane_features(planes, mid_v)[..., p, :],
+            g.triplane_features(planes, mid_v)[..., p, :],
             0.5 * (planes[p][:-1] + planes[p][1:]),
             atol=1e-6,
         )
@@ -251,20 +286,20 @@ def test_triplane_matches_bruteforce_reference_batched_and_reductions():
     rng = np.random.default_rng(6)
     planes = rng.normal(size=(2, 3, 5, 5, 4)).astype(np.float32)
     points = rng.uniform(-1.15, 1.15, (2, 6, 7, 3)).astype(np.float32)  # some outside
-    feats = geo.triplane_features(planes, points)
+    feats = g.triplane_features(planes, points)
     assert feats.shape == (2, 6, 7, 3, 4)
     for i in range(2):
         ref = _triplane_ref(planes[i], points[i].reshape(-1, 3)).reshape(6, 7, 3, 4)
         np.testing.assert_allclose(feats[i], ref, atol=1e-5)
-    np.testing.assert_allclose(geo.triplane_features(planes, points, "sum"), feats.sum(-2), 1e-6)
+    np.testing.assert_allclose(g.triplane_features(planes, points, "sum"), feats.sum(-2), 1e-6)
     np.testing.assert_allclose(
-        geo.triplane_features(planes, points, "mean"), feats.mean(-2), rtol=1e-6
+        g.triplane_features(planes, points, "mean"), feats.mean(-2), rtol=1e-6
     )
     np.testing.assert_array_equal(
-        geo.triplane_features(planes, points, "concat"), feats.reshape(2, 6, 7, 12)
+        g.triplane_features(planes, points, "concat"), feats.reshape(2, 6, 7, 12)
     )
     with pytest.raises(ValueError):
-        geo.triplane_features(planes, points, "max")
+        g.triplane_features(planes, points, "max")
 
 
 # --------------------------------------------------------------------------- sampling
@@ -274,7 +309,7 @@ def test_stratified_disparity_samples_bins_sorted_and_infinite_far():
     key = jax.random.PRNGKey(0)
     near = np.array([[0.5], [1.0]])
     for far in (np.array([[4.0], [8.0]]), np.inf):
-        t, edges = geo.stratified_disparity_samples(key, near, far, 16, (2, 3))
+        t, edges = g.stratified_disparity_samples(key, near, far, 16, (2, 3))
         assert t.shape == (2, 3, 16) and edges.shape == (2, 3, 17)
         assert np.all(np.isfinite(t))
         assert np.all(np.diff(np.asarray(t), axis=-1) > 0.0)
@@ -282,16 +317,18 @@ def test_stratified_disparity_samples_bins_sorted_and_infinite_far():
         np.testing.assert_allclose(edges[..., 0], np.broadcast_to(near, (2, 3)))
         assert np.all(edges[..., -1] == np.broadcast_to(far, (2, 3)))
         # Equal bins in disparity.
-        np.testing.assert_allclose(np.diff(1.0 / np.asarray(edges), axis=-1).std(-1), 0.0, atol=1e-5)
-    t_mid, edges = geo.stratified_disparity_samples(None, 1.0, np.inf, 4, (), randomized=False)
+        np.testing.assert_allclose(
+            np.diff(1.0 / np.asarray(edges), axis=-1).std(-1), 0.0, atol=1e-5
+        )
+    t_mid, edges = g.stratified_disparity_samples(None, 1.0, np.inf, 4, (), randomized=False)
     np.testing.assert_allclose(t_mid, 1.0 / np.array([0.875, 0.625, 0.375, 0.125]), rtol=1e-6)
     np.testing.assert_allclose(edges, [1.0, 4.0 / 3.0, 2.0, 4.0, np.inf], rtol=1e-6)
     np.testing.assert_array_equal(
-        geo.merge_samples(jnp.array([1.0, 3.0]), jnp.array([2.0, 0.5, 4.0])),
+        g.merge_samples(jnp.array([1.0, 3.0]), jnp.array([2.0, 0.5, 4.0])),
         [0.5, 1.0, 2.0, 3.0, 4.0],
     )
     np.testing.assert_allclose(
-        geo.edges_from_samples(jnp.array([1.0, 2.0, 4.0]), 0.5, np.inf), [0.5, 1.5, 3.0, np.inf]
+        g.edges_from_samples(jnp.array([1.0, 2.0, 4.0]), 0.5, np.inf), [0.5, 1.5, 3.0, np.inf]
     )
 
 
@@ -305,8 +342,8 @@ def test_sample_pdf_follows_weight_cdf(space):
     key = jax.random.PRNGKey(1)
     batch_edges = np.stack([edges, edges])
     batch_weights = np.stack([weights, 3.0 * weights])  # scale must not matter
-    t = geo.sample_pdf(key, batch_edges, batch_weights, num, space=space)
-    t_det = geo.sample_pdf(None, edges, weights, num, randomized=False, space=space)
+    t = g.sample_pdf(key, batch_edges, batch_weights, num, space=space)
+    t_det = g.sample_pdf(None, edges, weights, num, randomized=False, space=space)
     c_edges, cdf = coord(edges), np.concatenate([[0.0], np.cumsum(weights)])
     for samples in (*np.asarray(t, np.float64), np.asarray(t_det, np.float64)):
         assert np.all(np.isfinite(samples)) and np.all(np.diff(samples) >= 0.0)
@@ -320,7 +357,7 @@ def test_sample_pdf_follows_weight_cdf(space):
         ks = max(np.max((k + 1) / num - analytic), np.max(analytic - k / num))
         # Stratified u's put exactly one sample per 1/N of probability: KS <= 1/N (+ fp).
         assert ks < 1.5 / num, ks
-    grad = jax.grad(lambda w: jnp.sum(geo.sample_pdf(key, edges, w, 8, space=space)))(
+    grad = jax.grad(lambda w: jnp.sum(g.sample_pdf(key, edges, w, 8, space=space)))(
         jnp.asarray(weights)
     )
     np.testing.assert_array_equal(grad, 0.0)  # stop_gradient on resampled distances
@@ -328,5 +365,23 @@ def test_sample_pdf_follows_weight_cdf(space):
 
 def test_sample_pdf_zero_weights_fall_back_to_uniform():
     edges = np.array([1.0, 2.0, 3.0, 4.0])
-    t = geo.sample_pdf(None, edges, np.zeros(3), 6, randomized=False, space="depth")
+    t = g.sample_pdf(None, edges, np.zeros(3), 6, randomized=False, space="depth")
     np.testing.assert_allclose(t, 1.0 + (np.arange(6) + 0.5) / 2.0, rtol=1e-6)
+
+
+def test_bfloat16_inputs():
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.normal(size=(8, 3)) * 3.0, jnp.bfloat16)
+    c = g.contract(x)
+    assert c.dtype == jnp.bfloat16
+    np.testing.assert_allclose(c.astype(np.float32), _contract_ref(x.astype(np.float32)), atol=2e-2)
+    planes = jnp.asarray(rng.normal(size=(3, 4, 4, 2)), jnp.bfloat16)
+    feats = g.triplane_features(planes, 0.5 * c)
+    assert feats.dtype == jnp.bfloat16
+    ref = _triplane_ref(planes.astype(np.float32), 0.5 * c.astype(np.float32))
+    np.testing.assert_allclose(feats.astype(np.float32), ref, atol=3e-2)
+    out = g.volume_render(
+        jnp.full((4,), 0.5, jnp.bfloat16), jnp.ones((4, 2), jnp.bfloat16), jnp.arange(5.0)
+    )
+    assert out["color"].dtype == jnp.float32  # rendering accumulates in float32
+    assert float(out["opacity"]) == pytest.approx(1.0 - np.exp(-2.0), rel=1e-6)
