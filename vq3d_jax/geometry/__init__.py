@@ -16,6 +16,7 @@ from vq3d_jax.geometry.cameras import (
     world_to_camera,
 )
 from vq3d_jax.geometry.contraction import contract, contract_to_unit, inverse_contract
+from vq3d_jax.geometry.renderer import render_rays
 from vq3d_jax.geometry.rendering import interval_midpoints, volume_render
 from vq3d_jax.geometry.sampling import (
     edges_from_samples,
@@ -42,6 +43,7 @@ __all__ = [
     "orbit",
     "pixel_rays",
     "project",
+    "render_rays",
     "rotation_about_axis",
     "sample_pdf",
     "stratified_disparity_samples",
