@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vq3d_jax.models.vit_vqgan import decoder_trunk, unpatchify
+from vq3d_jax.models.vit_vqgan import decoder_trunk, token_head, unpatchify
 from vq3d_jax.nn.vit import partitioned
 
 Dtype = Any
@@ -55,15 +55,7 @@ class TriplaneDecoder(nn.Module):
                 f"resolution {r}."
             )
         q = r // grid
-        x = decoder_trunk(self, tokens, grid)
-        x = nn.Dense(
-            3 * q * q * c,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=partitioned(nn.initializers.lecun_normal(), ("embed", "patch")),
-            bias_init=partitioned(nn.initializers.zeros, ("patch",)),
-            name="to_planes",
-        )(x)
+        x = token_head(self, decoder_trunk(self, tokens, grid), 3 * q * q * c, "to_planes")
         return tokens_to_planes(x.astype(jnp.float32), q, c)
 
 

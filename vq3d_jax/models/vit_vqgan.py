@@ -112,6 +112,18 @@ def decoder_trunk(decoder: nn.Module, tokens: jax.Array, grid: int) -> jax.Array
     )(x)
 
 
+def token_head(decoder: nn.Module, x: jax.Array, features: int, name: str) -> jax.Array:
+    """Per-token linear map to a patch's worth of outputs, kernel ('embed', 'patch')."""
+    return nn.Dense(
+        features,
+        dtype=decoder.dtype,
+        param_dtype=decoder.param_dtype,
+        kernel_init=partitioned(nn.initializers.lecun_normal(), ("embed", "patch")),
+        bias_init=partitioned(nn.initializers.zeros, ("patch",)),
+        name=name,
+    )(x)
+
+
 class Decoder2D(nn.Module):
     """Tokens [B, T, width] → images [B, H, W, C] float32 (unbounded).
 
@@ -136,15 +148,8 @@ class Decoder2D(nn.Module):
         if tokens.shape[1] != grid * grid:
             raise ValueError(f"expected {grid * grid} tokens for {s}² / patch {p}, "
                              f"got {tokens.shape[1]}")
-        x = decoder_trunk(self, tokens, grid)
-        x = nn.Dense(
-            p * p * self.out_channels,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=partitioned(nn.initializers.lecun_normal(), ("embed", "patch")),
-            bias_init=partitioned(nn.initializers.zeros, ("patch",)),
-            name="to_pixels",
-        )(x)
+        x = token_head(self, decoder_trunk(self, tokens, grid), p * p * self.out_channels,
+                       "to_pixels")
         return unpatchify(x.astype(jnp.float32), p, s, s, self.out_channels)
 
 
