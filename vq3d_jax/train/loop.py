@@ -42,6 +42,18 @@ class Runtime:
     state_shardings: Any
     abstract_state: Any  # ShapeDtypeStructs carrying the current shardings
 
+    _compiled: dict = dataclasses.field(default_factory=dict)
+
+    def compiled(self, name: str, fn: Callable) -> Callable:
+        """`fn(state, batch)` jitted once per runtime (replicated outputs), then reused."""
+        if name not in self._compiled:
+            self._compiled[name] = jax.jit(
+                fn,
+                in_shardings=(self.state_shardings, sharding_lib.batch_sharding(self.mesh)),
+                out_shardings=sharding_lib.replicated(self.mesh),
+            )
+        return self._compiled[name]
+
     @contextlib.contextmanager
     def scope(self):
         """Mesh + logical rules: flax's `with_logical_constraint` reads both."""
@@ -208,10 +220,7 @@ class _Averages:
         return {k: v.compute() for k, v in self.averages.items()}
 
 
-def run_eval(rt: Runtime, state, eval_batches, writer: MetricWriter, step: int) -> dict:
-    """Masked means of the task's per-example metrics over a whole split."""
-    task = rt.task
-
+def _masked_eval_sums(task):
     def sums(state, batch):
         per_example = task.eval_step(state, batch)
         mask = batch["mask"].astype(jnp.float32)
@@ -221,11 +230,13 @@ def run_eval(rt: Runtime, state, eval_batches, writer: MetricWriter, step: int) 
         }
         return totals, finite
 
-    eval_fn = jax.jit(
-        sums,
-        in_shardings=(rt.state_shardings, sharding_lib.batch_sharding(rt.mesh)),
-        out_shardings=sharding_lib.replicated(rt.mesh),
-    )
+    return sums
+
+
+def run_eval(rt: Runtime, state, eval_batches, writer: MetricWriter, step: int) -> dict:
+    """Masked means of the task's per-example metrics over a whole split."""
+    task = rt.task
+    eval_fn = rt.compiled("eval", _masked_eval_sums(task))
     totals: dict[str, float] = {}
     counts: dict[str, float] = {}
     with rt.scope():
@@ -249,11 +260,7 @@ def _first_batch(batches, task) -> dict:
 
 
 def write_samples(rt: Runtime, state, local_batch: dict, writer: MetricWriter, step: int):
-    sample_fn = jax.jit(
-        rt.task.sample,
-        in_shardings=(rt.state_shardings, sharding_lib.batch_sharding(rt.mesh)),
-        out_shardings=sharding_lib.replicated(rt.mesh),
-    )
+    sample_fn = rt.compiled("sample", rt.task.sample)
     with rt.scope():
         images = sample_fn(state, sharding_lib.global_batch(local_batch, rt.mesh))
     images = {k: np.asarray(v) for k, v in jax.device_get(images).items()}
