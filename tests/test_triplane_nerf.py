@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vq3d_jax import geometry as geo
 from vq3d_jax.models.triplane_nerf import NeRFMLP, TriplaneDecoder, tokens_to_planes
 
 
@@ -45,3 +46,41 @@ def test_nerf_mlp_density_and_colour_ranges():
     density, color = mlp.apply(zeros, feats)
     np.testing.assert_allclose(density, np.log1p(np.exp(-1.0)), rtol=1e-6)
     np.testing.assert_allclose(color, 0.5, rtol=1e-6)
+
+
+def test_vq3d_autoencoder_renders_a_homogeneous_medium_in_closed_form():
+    """Zero MLP weights give σ = softplus(−1) everywhere: opacity = 1 − exp(−σ·distance)."""
+    from vq3d_jax.models.vq3d import VQ3DAutoencoder, canonical_camera, render_view
+
+    model = VQ3DAutoencoder(
+        encoder_variant="mu", decoder_variant="mu", patch_size=8, codebook_size=16,
+        code_dim=8, plane_resolution=8, plane_channels=4,
+    )
+    images = jnp.zeros((2, 16, 16, 3))
+    variables = model.init(jax.random.key(0, impl="rbg"), images)
+    planes, aux = model.apply(variables, images)
+    assert planes.shape == (2, 3, 8, 8, 4) and aux["codes"].shape == (2, 4)
+
+    mlp = NeRFMLP(hidden=8, num_layers=1)
+    mlp_params = jax.tree.map(
+        jnp.zeros_like, nn.meta.unbox(mlp.init(jax.random.PRNGKey(0), jnp.ones((1, 4)))["params"])
+    )
+    k, c2w = canonical_camera(fov_deg=50.0, distance=2.0, size=5)
+    near, far = 0.5, 3.0
+    render = jax.vmap(
+        lambda p, key: render_view(
+            mlp, mlp_params, p, k, c2w, key, height=5, width=5, near=near, far=far,
+            num_samples=32, num_importance=16, background=jnp.zeros(3), chunk_size=10,
+        )
+    )
+    out = render(planes, jax.random.split(jax.random.PRNGKey(1), 2))
+    assert out["color"].shape == (2, 5, 5, 3)
+    sigma = np.log1p(np.exp(-1.0))
+    # Distance travelled between the z-depths near and far along each pixel's ray.
+    _, directions = geo.pixel_rays(k, c2w, 5, 5)
+    length = np.linalg.norm(np.asarray(directions), axis=-1)
+    expected = 1.0 - np.exp(-sigma * (far - near) * length)
+    np.testing.assert_allclose(out["opacity"][0], expected, rtol=1e-4)
+    np.testing.assert_allclose(
+        out["color"][1], np.broadcast_to(0.5 * expected[..., None], (5, 5, 3)), rtol=1e-4
+    )
