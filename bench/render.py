@@ -27,8 +27,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from vq3d_jax import geometry as geo  # noqa: E402
-from vq3d_jax.models.triplane_nerf import NeRFMLP  # noqa: E402
-from vq3d_jax.models.vq3d import triplane_field  # noqa: E402
+from vq3d_jax.models.vq3d import NeRFMLP, triplane_field  # noqa: E402
 
 EG3D_RAYS_PER_S = {"forward": 3.0e6, "forward_backward": 0.87e6}
 

@@ -153,13 +153,57 @@ class Decoder2D(nn.Module):
         return unpatchify(x.astype(jnp.float32), p, s, s, self.out_channels)
 
 
-class VitVQGAN(nn.Module):
-    """ViT-VQGAN stage-1 autoencoder: ``Encoder`` → ``FactorizedQuantizer`` → ``Decoder2D``.
+def tokens_to_planes(x: jax.Array, q: int, channels: int) -> jax.Array:
+    """[B, G·G, 3·q·q·C] → [B, 3, G·q, G·q, C]: token (i, j) owns texels [iq:(i+1)q, jq:(j+1)q].
 
-    ``__call__(images) -> (recon, aux)``; ``encode(images) -> (quantized, aux)``;
-    ``decode(quantized) -> images``; ``decode_codes(codes) -> images``. ``aux`` is
-    the quantizer's dict (codes, vq_loss, perplexity, codebook_usage).
-    Parameter tree: ``{'encoder', 'quantizer', 'decoder'}``.
+    Per plane a depth-to-space, as the 2D decoder does for pixels.
+    """
+    b, t, _ = x.shape
+    grid = int(round(t**0.5))
+    r = grid * q
+    x = x.reshape(b, t, 3, q * q * channels)
+    return jnp.stack([unpatchify(x[:, :, k], q, r, r, channels) for k in range(3)], axis=1)
+
+
+class TriplaneDecoder(nn.Module):
+    """Tokens [B, G·G, width] → tri-plane features [B, 3, R, R, C] float32, R = G·q.
+
+    VQ3D's decoder head [choice, SPECS.md]: the same ViT trunk as `Decoder2D`,
+    then a per-token projection into a q×q patch of each plane (xy, yz, zx);
+    planes are channels-last.
+    """
+
+    variant: str
+    plane_resolution: int = 256
+    plane_channels: int = 32
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    remat: bool = False
+    attention_impl: str | None = None
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        grid = int(round(tokens.shape[1] ** 0.5))
+        r, c = self.plane_resolution, self.plane_channels
+        if grid * grid != tokens.shape[1] or r % grid:
+            raise ValueError(
+                f"{tokens.shape[1]} tokens must form a square grid dividing the plane "
+                f"resolution {r}."
+            )
+        q = r // grid
+        x = token_head(self, decoder_trunk(self, tokens, grid), 3 * q * q * c, "to_planes")
+        return tokens_to_planes(x.astype(jnp.float32), q, c)
+
+
+class VitVQGAN(nn.Module):
+    """Stage-1 autoencoder: ``Encoder`` → ``FactorizedQuantizer`` → decoder head.
+
+    ``decoder_head``: 'pixels' (``Decoder2D``, ViT-VQGAN's images) or 'triplane'
+    (``TriplaneDecoder``, VQ3D's NeRF planes [B, 3, R, R, C], rendered by
+    ``models/vq3d.py``). ``__call__(images) -> (decoded, aux)``;
+    ``encode(images) -> (quantized, aux)``; ``decode(quantized)``;
+    ``decode_codes(codes)``. ``aux`` is the quantizer's dict (codes, latents,
+    vq_loss, perplexity, codebook_usage). Params: ``{'encoder', 'quantizer', 'decoder'}``.
     """
 
     encoder_variant: str = "S"
@@ -174,22 +218,30 @@ class VitVQGAN(nn.Module):
     param_dtype: Dtype = jnp.float32
     remat: bool = False
     attention_impl: str | None = None
+    decoder_head: str = "pixels"
+    plane_resolution: int = 256
+    plane_channels: int = 32
 
     def setup(self):
-        common = {
-            "dtype": self.dtype,
-            "param_dtype": self.param_dtype,
-        }
+        common = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         vit = {"remat": self.remat, "attention_impl": self.attention_impl}
         self.encoder = Encoder(self.encoder_variant, self.patch_size, **vit, **common)
         self.quantizer = FactorizedQuantizer(
             codebook_size=self.codebook_size, code_dim=self.code_dim,
             width=decode_variant(self.decoder_variant)["width"], beta=self.beta, **common,
         )
-        self.decoder = Decoder2D(
-            self.decoder_variant, self.patch_size, self.image_size,
-            out_channels=self.in_channels, **vit, **common,
-        )
+        if self.decoder_head == "pixels":
+            self.decoder = Decoder2D(
+                self.decoder_variant, self.patch_size, self.image_size,
+                out_channels=self.in_channels, **vit, **common,
+            )
+        elif self.decoder_head == "triplane":
+            self.decoder = TriplaneDecoder(
+                self.decoder_variant, plane_resolution=self.plane_resolution,
+                plane_channels=self.plane_channels, **vit, **common,
+            )
+        else:
+            raise ValueError(f"decoder_head={self.decoder_head!r}: 'pixels' or 'triplane'.")
 
     def encode(self, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         return self.quantizer(self.encoder(images))

@@ -1,7 +1,7 @@
 """VQ3D stage 1 (arXiv 2302.06833): one image → codes → contracted tri-plane NeRF → views.
 
-`VQ3DAutoencoder` is the Flax module with parameters for the encoder, the
-quantizer and the tri-plane decoder; the NeRF MLP is a separate module whose
+The autoencoder is `VitVQGAN(decoder_head="triplane")` (models/vit_vqgan.py):
+image → codes → tri-planes. Here: the NeRF MLP, a separate module whose
 parameters are passed explicitly to `render_view`, so the renderer's
 `lax.map` chunking and the per-image `vmap` stay pure JAX.
 
@@ -21,54 +21,51 @@ import jax
 import jax.numpy as jnp
 
 from vq3d_jax import geometry as geo
-from vq3d_jax.models.triplane_nerf import NeRFMLP, TriplaneDecoder
-from vq3d_jax.models.vit_vqgan import Encoder, decode_variant
-from vq3d_jax.nn.quantizer import FactorizedQuantizer
+from vq3d_jax.nn.vit import partitioned
 
 Dtype = Any
 
 
-class VQ3DAutoencoder(nn.Module):
-    """Images [B, S, S, 3] in [−1, 1] → (tri-planes [B, 3, R, R, C], quantizer aux)."""
+class NeRFMLP(nn.Module):
+    """Plane features [..., C] → (density σ ≥ 0, colour or features) (EG3D §4 decoder).
 
-    encoder_variant: str = "B"
-    decoder_variant: str = "B"
-    patch_size: int = 8
-    codebook_size: int = 8192
-    code_dim: int = 32
-    beta: float = 0.25
-    plane_resolution: int = 256
-    plane_channels: int = 32
+    Hidden layers with softplus; σ = softplus(raw + density_bias) (EG3D uses a
+    bias of −1 so empty space starts transparent); colour = sigmoid·(1 + 2ε) − ε
+    (EG3D's widened sigmoid, so 0 and 1 are reachable with finite logits).
+    """
+
+    hidden: int = 64
+    num_layers: int = 2
+    out_features: int = 3
+    density_bias: float = -1.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    remat: bool = False
-    attention_impl: str | None = None
 
-    def setup(self):
-        common = {"dtype": self.dtype, "param_dtype": self.param_dtype}
-        vit = {"remat": self.remat, "attention_impl": self.attention_impl}
-        self.encoder = Encoder(self.encoder_variant, self.patch_size, **vit, **common)
-        self.quantizer = FactorizedQuantizer(
-            codebook_size=self.codebook_size, code_dim=self.code_dim,
-            width=decode_variant(self.decoder_variant)["width"], beta=self.beta, **common,
-        )
-        self.decoder = TriplaneDecoder(
-            self.decoder_variant, plane_resolution=self.plane_resolution,
-            plane_channels=self.plane_channels, **vit, **common,
-        )
-
-    def encode(self, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        return self.quantizer(self.encoder(images))
-
-    def decode_planes(self, quantized: jax.Array) -> jax.Array:
-        return self.decoder(quantized)
-
-    def decode_codes(self, codes: jax.Array) -> jax.Array:
-        return self.decoder(self.quantizer.lookup(codes))
-
-    def __call__(self, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        quantized, aux = self.encode(images)
-        return self.decode_planes(quantized), aux
+    @nn.compact
+    def __call__(self, features: jax.Array) -> tuple[jax.Array, jax.Array]:
+        x = features.astype(self.dtype)
+        for i in range(self.num_layers):
+            x = nn.Dense(
+                self.hidden,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                kernel_init=partitioned(nn.initializers.lecun_normal(), ("mlp_in", "mlp_hidden")),
+                bias_init=partitioned(nn.initializers.zeros, ("mlp_hidden",)),
+                name=f"hidden_{i}",
+            )(x)
+            x = nn.softplus(x)
+        out = nn.Dense(
+            1 + self.out_features,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=partitioned(nn.initializers.lecun_normal(), ("mlp_hidden", "mlp_out")),
+            bias_init=partitioned(nn.initializers.zeros, ("mlp_out",)),
+            name="out",
+        )(x).astype(jnp.float32)
+        density = jax.nn.softplus(out[..., 0] + self.density_bias)
+        eps = 1e-3
+        color = jax.nn.sigmoid(out[..., 1:]) * (1.0 + 2.0 * eps) - eps
+        return density, color
 
 
 def canonical_camera(fov_deg: float, distance: float, size: int) -> tuple[jax.Array, jax.Array]:

@@ -1,4 +1,4 @@
-"""VQ3D's tri-plane decoder and NeRF MLP."""
+"""VQ3D's tri-plane decoder head, NeRF MLP and per-view rendering."""
 
 import flax.linen as nn
 import jax
@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vq3d_jax import geometry as geo
-from vq3d_jax.models.triplane_nerf import NeRFMLP, TriplaneDecoder, tokens_to_planes
+from vq3d_jax.models.vit_vqgan import TriplaneDecoder, VitVQGAN, tokens_to_planes
+from vq3d_jax.models.vq3d import NeRFMLP, canonical_camera, render_view
 
 
 def test_tokens_to_planes_places_each_patch_under_its_token():
@@ -50,11 +51,10 @@ def test_nerf_mlp_density_and_colour_ranges():
 
 def test_vq3d_autoencoder_renders_a_homogeneous_medium_in_closed_form():
     """Zero MLP weights give σ = softplus(−1) everywhere: opacity = 1 − exp(−σ·distance)."""
-    from vq3d_jax.models.vq3d import VQ3DAutoencoder, canonical_camera, render_view
-
-    model = VQ3DAutoencoder(
-        encoder_variant="mu", decoder_variant="mu", patch_size=8, codebook_size=16,
-        code_dim=8, plane_resolution=8, plane_channels=4,
+    model = VitVQGAN(
+        encoder_variant="mu", decoder_variant="mu", patch_size=8, image_size=16,
+        codebook_size=16, code_dim=8, decoder_head="triplane", plane_resolution=8,
+        plane_channels=4,
     )
     images = jnp.zeros((2, 16, 16, 3))
     variables = model.init(jax.random.key(0, impl="rbg"), images)
