@@ -60,10 +60,30 @@ def test_parameters_are_sharded_by_the_rules():
     }
     fsdp_sharded = [k for k, s in specs.items() if "fsdp" in jax.tree.leaves(tuple(s))]
     assert fsdp_sharded, "no parameter is fsdp-sharded under ('embed', 'fsdp')"
-    # Every sharded dimension divides evenly (non-divisible ones fall back to replicated).
-    for path, abstract in jax.tree_util.tree_leaves_with_path(rt.abstract_state):
-        shard = abstract.sharding.shard_shape(abstract.shape)
-        assert all(s > 0 for s in shard), path
+
+
+def test_indivisible_dims_replicate_and_big_unannotated_params_fall_back_to_fsdp():
+    import flax.linen as nn
+
+    mesh = sharding.create_mesh({"data": 2, "fsdp": 4, "tensor": 1})
+    rules = (("embed", "fsdp"),)
+    abstract = {
+        "divisible": nn.LogicallyPartitioned(jax.ShapeDtypeStruct((8, 3), jnp.float32),
+                                             ("embed", None)),
+        "indivisible": nn.LogicallyPartitioned(jax.ShapeDtypeStruct((6, 3), jnp.float32),
+                                               ("embed", None)),
+        # 2 MiB, unannotated: above a 1 MiB threshold → fsdp on its largest divisible dim.
+        "big": jax.ShapeDtypeStruct((6, 2**16 + 4), jnp.float32),
+        "small": jax.ShapeDtypeStruct((8, 8), jnp.float32),
+    }
+    specs = {
+        k: v.spec
+        for k, v in sharding.state_shardings(abstract, mesh, rules, fallback_min_mb=1.0).items()
+    }
+    assert specs["divisible"] == jax.sharding.PartitionSpec("fsdp", None)
+    assert specs["indivisible"] == jax.sharding.PartitionSpec(None, None)
+    assert specs["big"] == jax.sharding.PartitionSpec(None, "fsdp")
+    assert specs["small"] == jax.sharding.PartitionSpec(None, None)
 
 
 def test_global_batch_must_divide_the_batch_axes():
@@ -183,3 +203,28 @@ def test_nan_loss_stops_without_saving_the_bad_state(tmp_path):
     assert step == 2 and np.all(np.asarray(state.params["w"]) == 2.0)
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert lines == []  # no log step was reached before the NaN
+
+
+class _MeanTask(_NaNAtStep3Task):
+    """Per-example metric = the first pixel; a 0 pixel yields NaN (a 'bad' example)."""
+
+    def eval_step(self, state, batch):
+        x = batch["image"][:, 0]
+        return {"value": jnp.where(x == 0, jnp.nan, x)}
+
+
+def test_eval_mean_masks_padding_and_non_finite_examples(tmp_path):
+    from vq3d_jax.train.loop import build_runtime, init_state, run_eval
+    from vq3d_jax.train.writer import MetricWriter
+
+    config = _config(data=8)
+    rt = build_runtime(_MeanTask(), config)
+    values = np.array([1, 2, 3, 0, 5, 6, 7, 8, 9, 10, 99, 99, 99, 99, 99, 99], np.float32)
+    mask = np.array([True] * 10 + [False] * 6)  # the last six are padding
+    batches = [
+        {"image": np.repeat(values[i : i + 8, None], 2, 1), "mask": mask[i : i + 8]}
+        for i in (0, 8)
+    ]
+    results = run_eval(rt, init_state(rt), batches, MetricWriter(str(tmp_path), enabled=False), 0)
+    # Mean of the 9 real, finite values (the 0 → NaN one and the padding are left out).
+    np.testing.assert_allclose(results["eval/value"], np.mean([1, 2, 3, 5, 6, 7, 8, 9, 10]))

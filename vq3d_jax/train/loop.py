@@ -223,12 +223,12 @@ class _Averages:
 def _masked_eval_sums(task):
     def sums(state, batch):
         per_example = task.eval_step(state, batch)
-        mask = batch["mask"].astype(jnp.float32)
-        totals = {k: jnp.sum(jnp.where(mask > 0, v, 0.0)) for k, v in per_example.items()}
-        finite = {
-            k: jnp.sum(mask * jnp.isfinite(v).astype(jnp.float32)) for k, v in per_example.items()
-        }
-        return totals, finite
+        # Padding and non-finite values (e.g. PSNR of a perfect match) are left out
+        # of both the sum and the count, so one bad example cannot poison the mean.
+        keep = {k: (batch["mask"] > 0) & jnp.isfinite(v) for k, v in per_example.items()}
+        totals = {k: jnp.sum(jnp.where(keep[k], v, 0.0)) for k, v in per_example.items()}
+        counts = {k: jnp.sum(keep[k].astype(jnp.float32)) for k, v in per_example.items()}
+        return totals, counts
 
     return sums
 
