@@ -289,9 +289,6 @@ def _train_map(record: dict, rng: np.random.Generator, *, opts: _Options):
 class _SkipBadIterator(grain.DatasetIterator):
     """Drops _BadRecord elements; each kept element carries how many it followed."""
 
-    def __init__(self, parent: grain.DatasetIterator):
-        super().__init__(parent)
-
     def __next__(self) -> dict:
         skipped = 0
         while True:
