@@ -16,6 +16,8 @@ from collections.abc import Mapping
 import numpy as np
 from absl import logging
 
+from vq3d_jax.visualize import write_video
+
 
 def _to_python(value):
     value = np.asarray(value)
@@ -72,10 +74,8 @@ class MetricWriter:
                 if self._tb is not None:
                     self._tb.add_image(name, image, int(step), dataformats="HWC")
             elif image.ndim == 4:
-                import imageio.v3 as iio
-
                 path = base + ".gif"
-                iio.imwrite(path, image, duration=80, loop=0)
+                write_video(path, image, fps=12.5)
                 if self._tb is not None:
                     self._tb.add_image(name, image[0], int(step), dataformats="HWC")
             else:
