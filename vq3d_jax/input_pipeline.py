@@ -15,12 +15,14 @@ bad records), so every process yields the same number of batches.
 
 Images are read as encoded bytes (TFDS image decoding skipped) and decoded here with
 PIL so that a corrupt record is a counted skip, not a crash. Outputs per example:
-``image`` uint8 [S, S, 3], ``label`` int32; with depth (when the dataset has it and
-``with_depth``): ``depth`` float32 [S, S] (camera z-depth, +inf = background),
-``intrinsics`` [3, 3] (pixels, for the output size), ``cam_to_world`` [4, 4] (OpenCV
-frame); with ``with_novel_views``: ``novel_image`` [K, S, S, 3], ``novel_depth``
-[K, S, S], ``novel_intrinsics`` [K, 3, 3], ``novel_cam_to_world`` [K, 4, 4],
-``novel_yaw_pitch`` [K, 2] (radians).
+``image`` uint8 [S, S, 3], ``label`` int32 (0 when the dataset has none); with
+``with_depth``, when the dataset has depth: ``depth`` float32 [S, S] (camera z-depth,
++inf = background; for pseudo-GT datasets from ``data/prepare_depth.py`` the reciprocal
+of a monocular disparity, known up to scale and shift), and when it also has cameras
+(the synthetic scenes): ``intrinsics`` [3, 3] (pixels, for the output size),
+``cam_to_world`` [4, 4] (OpenCV frame); with ``with_novel_views``: ``novel_image``
+[K, S, S, 3], ``novel_depth`` [K, S, S], ``novel_intrinsics`` [K, 3, 3],
+``novel_cam_to_world`` [K, 4, 4], ``novel_yaw_pitch`` [K, 2] (radians).
 """
 
 from __future__ import annotations
@@ -194,32 +196,39 @@ def _resize_crop(array: np.ndarray, geometry, size: int, resample: int) -> np.nd
 
 
 def _view(image, depth, intrinsics, cam_to_world, *, size: int, flip: bool) -> dict:
-    """Decode, resize/crop and optionally flip one view; intrinsics follow the pixels."""
+    """Decode, resize/crop and optionally flip one view; intrinsics follow the pixels.
+
+    ``depth`` may come without a camera (``intrinsics`` and ``cam_to_world`` None).
+    """
     image = _decode_image(image)
     h, w = image.shape[:2]
     geometry = _resize_geometry(h, w, size)
     out = {"image": _resize_crop(image, geometry, size, Image.BILINEAR)}
     if depth is not None:
         depth = np.asarray(depth, np.float32)
+        if depth.shape != (h, w):
+            raise BadRecordError(f"depth {depth.shape} does not fit an image of {h}x{w}")
+        out["depth"] = _resize_crop(depth, geometry, size, Image.NEAREST)
+    with_cam = intrinsics is not None
+    if with_cam:
         k = np.asarray(intrinsics, np.float32)
         c2w = np.asarray(cam_to_world, np.float32)
-        if depth.shape != (h, w) or k.shape != (3, 3) or c2w.shape != (4, 4):
+        if k.shape != (3, 3) or c2w.shape != (4, 4):
             raise BadRecordError(
-                f"depth {depth.shape} / intrinsics {k.shape} / cam_to_world {c2w.shape} "
-                f"do not fit an image of {h}x{w}"
+                f"intrinsics {k.shape} / cam_to_world {c2w.shape} are not 3x3 / 4x4"
             )
         new_w, new_h, left, top = geometry
         # Continuous pixel coordinates (origin at the corner) map as u' = u*sx - left.
         affine = np.array(
             [[new_w / w, 0.0, -left], [0.0, new_h / h, -top], [0.0, 0.0, 1.0]], np.float32
         )
-        out["depth"] = _resize_crop(depth, geometry, size, Image.NEAREST)
         out["intrinsics"] = affine @ k
         out["cam_to_world"] = c2w
     if flip:
         out["image"] = out["image"][:, ::-1]
         if depth is not None:
             out["depth"] = out["depth"][:, ::-1]
+        if with_cam:
             # u -> size - u, i.e. c_x -> size - c_x; the world is mirrored in x.
             out["intrinsics"] = out["intrinsics"].copy()
             out["intrinsics"][0, 2] = size - out["intrinsics"][0, 2]
@@ -234,17 +243,17 @@ def preprocess(record: dict, opts: _Options, flip: bool = False) -> dict:
     Raises BadRecordError (or whatever the image decoder raises) for a bad record.
     """
     size = opts.image_size
-    cam_keys = ("depth", "intrinsics", "cam_to_world")
-    with_cam = opts.with_depth and all(k in record for k in cam_keys)
+    with_depth = opts.with_depth and "depth" in record
+    # Synthetic scenes carry a camera with their depth; pseudo-GT depth datasets do not.
+    with_cam = with_depth and "intrinsics" in record and "cam_to_world" in record
     main = _view(
         record["image"],
-        *(record[k] for k in cam_keys) if with_cam else (None, None, None),
+        record["depth"] if with_depth else None,
+        *(record["intrinsics"], record["cam_to_world"]) if with_cam else (None, None),
         size=size,
         flip=flip,
     )
-    out = {"image": main["image"], "label": np.int32(record.get("label", 0))}
-    if with_cam:
-        out.update({k: main[k] for k in cam_keys})
+    out = {**main, "label": np.int32(record.get("label", 0))}
     nv = record.get("novel_views")
     if opts.with_novel_views and nv is not None:
         n = len(nv["image"])
