@@ -47,3 +47,19 @@ def tiny_overrides(data_dir: str) -> dict:
         "model.disc_channel_base": 256,
         "model.disc_channel_max": 32,
     }
+
+
+def stage1_overrides(data_dir: str) -> dict:
+    """`tiny_overrides` plus the stage-1 NeRF decoder shrunk: 16² renders, 6 + 6 samples."""
+    return {**tiny_overrides(data_dir), **NERF_TINY_OVERRIDES}
+
+
+NERF_TINY_OVERRIDES = {
+    "model.plane_resolution": 16,
+    "model.plane_channels": 8,
+    "model.nerf_hidden": 16,
+    "render.resolution": 16,
+    "render.num_samples": 6,
+    "render.num_importance": 6,
+    "render.orbit_frames": 4,
+}

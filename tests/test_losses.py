@@ -174,3 +174,12 @@ def test_depth_losses_closed_form():
     np.testing.assert_allclose(out["aligned_target"], true + 0.1, atol=1e-5)
     assert float(out["weighted_pointwise"]) == pytest.approx(0.75 * 0.1 + 0.25 * 0.3, abs=1e-5)
     assert float(out["integrated"]) == pytest.approx(0.0, abs=1e-5)
+
+    # Without alignment the target is the pseudo disparity itself (metric depth).
+    raw = depth_losses(
+        weights=weights, sample_disparity=sample_disp,
+        rendered_disparity=rendered, pseudo_disparity=true, align=False,
+    )
+    np.testing.assert_allclose(raw["aligned_target"], true)
+    assert float(raw["weighted_pointwise"]) == pytest.approx(0.25 * 0.4, abs=1e-6)
+    assert float(raw["integrated"]) == pytest.approx(0.1, abs=1e-6)

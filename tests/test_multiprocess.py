@@ -6,7 +6,7 @@ import socket
 import subprocess
 import sys
 
-from conftest import tiny_overrides
+from conftest import stage1_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,7 +19,7 @@ def _free_port() -> int:
 
 def test_two_processes_train_checkpoint_and_log_once(tmp_path, mini_data_dir):
     port = _free_port()
-    overrides = {**tiny_overrides(mini_data_dir), "total_steps": 2, "checkpoint_every": 2,
+    overrides = {**stage1_overrides(mini_data_dir), "total_steps": 2, "checkpoint_every": 2,
                  "log_every": 1}
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     procs = [

@@ -4,17 +4,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_overrides
+from conftest import NERF_TINY_OVERRIDES, tiny_overrides
 
-from configs import vit_vqgan
+from configs import vit_vqgan, vq3d_stage1
 from vq3d_jax.tasks import get_task
 from vq3d_jax.train import loop, sharding
 from vq3d_jax.train.checkpoint import Checkpointer, CheckpointShapeError
 
 
-def _config(**mesh):
-    config = vit_vqgan.get_config("tiny")
-    for key, value in tiny_overrides("").items():
+def _config(stage1=False, **mesh):
+    config = (vq3d_stage1 if stage1 else vit_vqgan).get_config("tiny")
+    overrides = {**tiny_overrides(""), **(NERF_TINY_OVERRIDES if stage1 else {})}
+    for key, value in overrides.items():
         target = config
         *parents, leaf = key.split(".")
         for p in parents:
@@ -26,15 +27,18 @@ def _config(**mesh):
 
 def _batch(seed=0, n=8, size=32):
     rng = np.random.default_rng(seed)
-    return {"image": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)}
+    depth = rng.uniform(3.0, 9.0, (n, size, size)).astype(np.float32)
+    depth[:, :4] = np.inf  # sky
+    return {"image": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), "depth": depth}
 
 
-def test_sharded_step_equals_unsharded():
-    """One train step on data=2 × fsdp=4 simulated devices == the same step on 1 device."""
+def test_sharded_stage1_step_equals_unsharded():
+    """One VQ3D stage-1 step (NeRF decoder, both discriminators, depth loss) on
+    data=2 × fsdp=4 simulated devices == the same step on 1 device."""
     assert jax.device_count() == 8
     results = []
     for devices, mesh in ((jax.devices()[:1], dict(data=1, fsdp=1)), (None, dict(data=2, fsdp=4))):
-        config = _config(**mesh)
+        config = _config(stage1=True, **mesh)
         rt = loop.build_runtime(get_task(config), config, devices=devices)
         state = loop.init_state(rt)
         step = loop.compile_train_step(rt)
@@ -42,7 +46,7 @@ def test_sharded_step_equals_unsharded():
             state, metrics = step(state, sharding.global_batch(_batch(), rt.mesh))
         results.append((jax.device_get(state.params), jax.device_get(metrics)))
     (params_1, metrics_1), (params_8, metrics_8) = results
-    for key in ("loss/total", "loss/d", "loss/vq"):
+    for key in ("loss/total", "loss/d", "loss/novel_d", "loss/vq", "loss/depth_pointwise"):
         np.testing.assert_allclose(metrics_8[key], metrics_1[key], rtol=1e-5, atol=1e-6)
     assert float(metrics_1["gan/active"]) == 1.0  # the discriminator step ran too
     flat_1 = jax.tree_util.tree_leaves_with_path(params_1)

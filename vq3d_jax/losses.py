@@ -93,23 +93,53 @@ def depth_losses(
     rendered_disparity: jax.Array,
     pseudo_disparity: jax.Array,
     mask: jax.Array | None = None,
+    align: bool = True,
 ) -> dict[str, jax.Array]:
     """VQ3D's depth supervision against scale/shift-aligned pseudo-GT disparity.
 
     Shapes: `weights`, `sample_disparity` [B, R, S] (per ray, per sample);
     `rendered_disparity`, `pseudo_disparity`, `mask` [B, R]. The pseudo-GT is
-    aligned to the rendered disparity (`align_scale_shift`), then:
+    aligned to the rendered disparity (`align_scale_shift`; `align=False` keeps it
+    as it is, for metric depth), then:
       weighted_pointwise = mean_rays Σᵢ wᵢ·|disp(tᵢ) − (a·d̂ + b)|  (supervises
         every sample's weight, not only the integral — VQ3D §3.2),
       integrated = mean_rays |disp_rendered − (a·d̂ + b)|.
     Returns both float32 scalars and the aligned target (for pictures).
     """
     m = jnp.ones(pseudo_disparity.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
-    scale, shift = align_scale_shift(pseudo_disparity, rendered_disparity, m)
-    target = scale[:, None] * pseudo_disparity.astype(jnp.float32) + shift[:, None]
+    target = pseudo_disparity.astype(jnp.float32)
+    if align:
+        scale, shift = align_scale_shift(pseudo_disparity, rendered_disparity, m)
+        target = scale[:, None] * target + shift[:, None]
     target = jax.lax.stop_gradient(target)
     count = jnp.maximum(jnp.sum(m), 1.0)
     per_sample = jnp.abs(sample_disparity.astype(jnp.float32) - target[..., None])
     pointwise = jnp.sum(m * jnp.sum(weights.astype(jnp.float32) * per_sample, axis=-1)) / count
     integrated = jnp.sum(m * jnp.abs(rendered_disparity.astype(jnp.float32) - target)) / count
     return {"weighted_pointwise": pointwise, "integrated": integrated, "aligned_target": target}
+
+
+def median_scaled_abs_rel(
+    pred_depth: jax.Array, true_depth: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """AbsRel = mean |s·d̂ − d| / d after per-image median scaling (Eigen et al. 2014 §4.2).
+
+    s = median(d) / median(d̂) over the valid pixels (finite, positive true and predicted
+    depth; the sky at +inf is left out), the standard treatment of scale-ambiguous
+    depth (Zhou et al. 2017 §4.1). Inputs [B, H, W]; returns AbsRel [B] (NaN for an image
+    with no valid pixel) and s [B].
+    """
+    pred = pred_depth.astype(jnp.float32)
+    true = true_depth.astype(jnp.float32)
+    valid = jnp.isfinite(true) & (true > 0) & jnp.isfinite(pred) & (pred > 0)
+    axes = tuple(range(1, true.ndim))
+    nan = jnp.float32(jnp.nan)
+    scale = jnp.nanmedian(jnp.where(valid, true, nan), axis=axes) / jnp.nanmedian(
+        jnp.where(valid, pred, nan), axis=axes
+    )
+    expand = scale.reshape((-1,) + (1,) * len(axes))
+    safe_true = jnp.where(valid, true, 1.0)
+    error = jnp.where(valid, jnp.abs(expand * jnp.where(valid, pred, 1.0) - safe_true), 0.0)
+    count = jnp.sum(valid, axis=axes)
+    abs_rel = jnp.sum(error / safe_true, axis=axes) / jnp.where(count > 0, count, nan)
+    return abs_rel, scale

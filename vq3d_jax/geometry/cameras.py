@@ -200,3 +200,22 @@ def unproject(uv, depth, intrinsics, cam_to_world) -> jnp.ndarray:
     depth = jnp.asarray(depth, c2w.dtype)[..., None]
     cam = _camera_directions(k, jnp.asarray(uv, c2w.dtype)) * depth
     return jnp.sum(c2w[..., :3, :3] * cam[..., None, :], -1) + c2w[..., :3, 3]
+
+
+def rebase_camera(cam_to_world, source_reference, target_reference, scale=1.0):
+    """Re-expresses a camera given relative to one reference camera relative to another.
+
+    The similarity M = T_target ∘ diag(s) ∘ T_source⁻¹ maps the source world onto the
+    target world so that ``source_reference`` lands on ``target_reference`` and lengths
+    scale by ``scale`` (a point at z-depth d in the source reference is at s·d in the
+    target). Returns M applied to the pose: rotation R_t R_sᵀ R, centre M(c). Used to
+    render a dataset's held-out cameras in a model's canonical frame (the scale from
+    median depth matching, as for AbsRel). Projections are invariant: a point X seen
+    by ``cam_to_world`` projects to the same pixel as M(X) seen by the result.
+    """
+    cam, src, tgt = _float(cam_to_world), _float(source_reference), _float(target_reference)
+    scale = jnp.asarray(scale, cam.dtype)
+    local_centre = world_to_camera(cam[..., :3, 3], src) * scale[..., None]
+    centre = jnp.einsum("...ij,...j->...i", tgt[..., :3, :3], local_centre) + tgt[..., :3, 3]
+    rotation = tgt[..., :3, :3] @ jnp.swapaxes(src[..., :3, :3], -1, -2) @ cam[..., :3, :3]
+    return _pose(rotation, centre)

@@ -4,8 +4,8 @@ import importlib
 
 _TASKS = {
     "vit_vqgan": "vq3d_jax.tasks.vit_vqgan:ViTVQGANTask",
-    # Stage 1 starts as the 2D autoencoder; the NeRF decoder extends it next.
-    "vq3d_stage1": "vq3d_jax.tasks.vit_vqgan:ViTVQGANTask",
+    # model.decoder picks the NeRF task or the 2D autoencoder.
+    "vq3d_stage1": "vq3d_jax.tasks.vq3d_stage1:make_task",
 }
 
 

@@ -64,12 +64,21 @@ class ViTVQGANTask:
     train_keys = ("image",)
     eval_keys = ("image",)
     num_sample_images = 8
+    decoder_name = "vit2d"
+
+    def decoder_head_options(self, model_config) -> dict:
+        """Extra `VitVQGAN` fields of this task's decoder head."""
+        del model_config
+        return {"decoder_head": "pixels"}
 
     def __init__(self, config):
         self.config = config
         m = config.model
-        if m.decoder != "vit2d":
-            raise ValueError(f"model.decoder={m.decoder!r}: this task has only 'vit2d'.")
+        if m.decoder != self.decoder_name:
+            raise ValueError(
+                f"model.decoder={m.decoder!r}: {type(self).__name__} decodes "
+                f"{self.decoder_name!r}."
+            )
         dtype = jnp.dtype(m.dtype)
         self.image_size = int(config.data.image_size)
         self.autoencoder = VitVQGAN(
@@ -83,6 +92,7 @@ class ViTVQGANTask:
             dtype=dtype,
             remat=m.remat,
             attention_impl=m.attention_impl or None,
+            **self.decoder_head_options(m),
         )
         self.discriminator = ResidualDiscriminator(
             resolution=self.image_size,
@@ -109,17 +119,23 @@ class ViTVQGANTask:
         )
         self.perceptual = perceptual_loss_fn(config.loss.lpips_weights)
 
+    def discriminators(self) -> dict:
+        """Parameter key → discriminator module; `generator_loss` names its fakes alike."""
+        return {DISCRIMINATOR: self.discriminator}
+
     # -- state -------------------------------------------------------------------------
+    def init_generator(self, rng: jax.Array, images: jax.Array) -> dict:
+        return self.autoencoder.init(rng, images)["params"]
+
     def init_state(self, rng: jax.Array) -> TrainState:
         g_rng, d_rng, step_rng = jax.random.split(rng, 3)
         images = jnp.zeros((1, self.image_size, self.image_size, 3), jnp.float32)
-        params = {
-            GENERATOR: self.autoencoder.init(g_rng, images)["params"],
-            DISCRIMINATOR: self.discriminator.init(d_rng, images)["params"],
-        }
+        params = {GENERATOR: self.init_generator(g_rng, images)}
+        for i, (name, disc) in enumerate(self.discriminators().items()):
+            params[name] = disc.init(jax.random.fold_in(d_rng, i), images)["params"]
         opt_state = {
-            GENERATOR: self.generator_tx.init(params[GENERATOR]),
-            DISCRIMINATOR: self.discriminator_tx.init(params[DISCRIMINATOR]),
+            name: (self.generator_tx if name == GENERATOR else self.discriminator_tx).init(p)
+            for name, p in params.items()
         }
         # Zero usage: every code counts as dead at step 0, so the first restart
         # places the whole codebook on encoder latents (a data-dependent init).
@@ -133,94 +149,109 @@ class ViTVQGANTask:
         )
 
     # -- training ----------------------------------------------------------------------
-    def _discriminate(self, d_params, images):
-        return self.discriminator.apply({"params": d_params}, images)
-
-    def train_step(self, state: TrainState, batch):
+    def generator_loss(self, g_params, d_params: dict, batch, rng, gan_on):
+        """→ (total, (fakes per discriminator, quantizer aux, loss terms)); fakes in [−1, 1]."""
+        del rng
         cfg = self.config.loss
         images = images_to_float(batch["image"])
-        gan_on = (state.step >= cfg.adversarial_start_step).astype(jnp.float32)
-        d_params = state.params[DISCRIMINATOR]
+        recon, aux = self.autoencoder.apply({"params": g_params}, images)
+        recon = recon.astype(jnp.float32)
+        l2 = losses.l2_loss(recon, images)
+        g_adv = losses.nonsaturating_generator_loss(
+            self.discriminator.apply({"params": d_params[DISCRIMINATOR]}, recon)
+        )
+        total = cfg.l2 * l2 + cfg.vq * aux["vq_loss"] + gan_on * cfg.adversarial * g_adv
+        terms = {"loss/l2": l2, "loss/vq": aux["vq_loss"], "loss/g_adv": g_adv}
+        total = total + self._perceptual_term(recon, images, terms)
+        return total, ({DISCRIMINATOR: recon}, aux, terms)
 
-        def generator_loss(g_params):
-            recon, aux = self.autoencoder.apply({"params": g_params}, images)
-            recon = recon.astype(jnp.float32)
-            l2 = losses.l2_loss(recon, images)
-            g_adv = losses.nonsaturating_generator_loss(self._discriminate(d_params, recon))
-            total = cfg.l2 * l2 + cfg.vq * aux["vq_loss"] + gan_on * cfg.adversarial * g_adv
-            terms = {"loss/l2": l2, "loss/vq": aux["vq_loss"], "loss/g_adv": g_adv}
-            if self.perceptual is not None:
-                lpips = self.perceptual(recon, images)
-                total = total + cfg.lpips * lpips
-                terms["loss/lpips"] = lpips
-            return total, (recon, aux, terms)
+    def _perceptual_term(self, recon, images, terms: dict):
+        if self.perceptual is None:
+            return 0.0
+        lpips = self.perceptual(recon, images)
+        terms["loss/lpips"] = lpips
+        return self.config.loss.lpips * lpips
 
-        (g_total, (recon, aux, terms)), g_grads = jax.value_and_grad(
-            generator_loss, has_aux=True
-        )(state.params[GENERATOR])
-        fakes = jax.lax.stop_gradient(recon)
-        r1_every = int(cfg.r1_every)
-        r1_due = (state.step % r1_every == 0).astype(jnp.float32)
+    def train_step(self, state: TrainState, batch):
+        images = images_to_float(batch["image"])
+        gan_on = (state.step >= self.config.loss.adversarial_start_step).astype(jnp.float32)
+        step_rng = jax.random.fold_in(state.rng, state.step)
+        loss_rng, restart_rng = jax.random.split(step_rng)
+        d_names = list(self.discriminators())
+        d_params = {name: state.params[name] for name in d_names}
 
-        def discriminator_loss(d_params):
-            real_logits = self._discriminate(d_params, images)
-            fake_logits = self._discriminate(d_params, fakes)
-            d_loss = losses.nonsaturating_discriminator_loss(real_logits, fake_logits)
-            # Lazy R1 (StyleGAN2 §B): every r1_every steps, scaled by the interval.
-            r1 = jax.lax.cond(
-                r1_due > 0,
-                lambda: losses.r1_penalty(lambda x: self._discriminate(d_params, x), images),
-                lambda: jnp.zeros((), jnp.float32),
-            )
-            total = gan_on * (d_loss + r1_due * 0.5 * cfg.r1_gamma * r1_every * r1)
-            return total, (d_loss, r1, real_logits, fake_logits)
-
-        (_, (d_loss, r1, real_logits, fake_logits)), d_grads = jax.value_and_grad(
-            discriminator_loss, has_aux=True
-        )(d_params)
-
+        (g_total, (fakes, aux, terms)), g_grads = jax.value_and_grad(
+            self.generator_loss, has_aux=True
+        )(state.params[GENERATOR], d_params, batch, loss_rng, gan_on)
         g_updates, g_opt = self.generator_tx.update(
             g_grads, state.opt_state[GENERATOR], state.params[GENERATOR]
         )
-        d_updates, d_opt = self.discriminator_tx.update(
-            d_grads, state.opt_state[DISCRIMINATOR], d_params
-        )
         g_params = optax.apply_updates(state.params[GENERATOR], g_updates)
-        g_params, model_state, restarted = self._restart_codes(state, g_params, aux)
+        g_params, model_state, restarted = self._restart_codes(state, g_params, aux, restart_rng)
+        params, opt_state = {GENERATOR: g_params}, {GENERATOR: g_opt}
+        metrics = {"loss/total": g_total, **terms}
+        for name, disc in self.discriminators().items():
+            prefix = "" if name == DISCRIMINATOR else name.removesuffix(DISCRIMINATOR)
+            d_grads, d_metrics = self._discriminator_grads(
+                disc, d_params[name], images, fakes[name], state.step, gan_on, prefix
+            )
+            d_updates, opt_state[name] = self.discriminator_tx.update(
+                d_grads, state.opt_state[name], d_params[name]
+            )
+            params[name] = optax.apply_updates(d_params[name], d_updates)
+            metrics.update(d_metrics)
         new_state = state.replace(
-            step=state.step + 1,
-            params={
-                GENERATOR: g_params,
-                DISCRIMINATOR: optax.apply_updates(d_params, d_updates),
-            },
-            opt_state={GENERATOR: g_opt, DISCRIMINATOR: d_opt},
-            model_state=model_state,
+            step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state
         )
-        metrics = {
-            "loss/total": g_total,
-            **terms,
-            "loss/d": d_loss,
-            "loss/r1": r1,
-            "gan/real_logit": jnp.mean(real_logits),
-            "gan/fake_logit": jnp.mean(fake_logits),
+        metrics.update({
             "gan/active": gan_on,
             "vq/perplexity": aux["perplexity"],
             "vq/codebook_usage": aux["codebook_usage"],
             "vq/dead_codes": (1.0 - aux["codebook_usage"]) * self.config.model.codebook_size,
             "vq/restarted_codes": restarted,
-            "train/psnr": jnp.mean(losses.psnr(recon, images, max_val=2.0)),
+            "train/psnr": jnp.mean(losses.psnr(fakes[DISCRIMINATOR], images, max_val=2.0)),
             "train/learning_rate": self.generator_lr(state.step),
             "train/grad_norm": optax.tree.norm(g_grads),
-        }
+        })
         return new_state, metrics
 
-    def _restart_codes(self, state: TrainState, g_params, aux):
+    def _discriminator_grads(self, disc, d_params, reals, fakes, step, gan_on, prefix=""):
+        """∇ of the non-saturating D loss + lazy R1, and its metrics named with `prefix`."""
+        cfg = self.config.loss
+        fakes = jax.lax.stop_gradient(fakes)
+        r1_every = int(cfg.r1_every)
+        r1_due = (step % r1_every == 0).astype(jnp.float32)
+
+        def apply(params, images):
+            return disc.apply({"params": params}, images)
+
+        def discriminator_loss(params):
+            real_logits = apply(params, reals)
+            fake_logits = apply(params, fakes)
+            d_loss = losses.nonsaturating_discriminator_loss(real_logits, fake_logits)
+            # Lazy R1 (StyleGAN2 §B): every r1_every steps, scaled by the interval.
+            r1 = jax.lax.cond(
+                r1_due > 0,
+                lambda: losses.r1_penalty(lambda x: apply(params, x), reals),
+                lambda: jnp.zeros((), jnp.float32),
+            )
+            total = gan_on * (d_loss + r1_due * 0.5 * cfg.r1_gamma * r1_every * r1)
+            return total, {
+                f"loss/{prefix}d": d_loss,
+                f"loss/{prefix}r1": r1,
+                f"gan/{prefix}real_logit": jnp.mean(real_logits),
+                f"gan/{prefix}fake_logit": jnp.mean(fake_logits),
+            }
+
+        (_, metrics), grads = jax.value_and_grad(discriminator_loss, has_aux=True)(d_params)
+        return grads, metrics
+
+    def _restart_codes(self, state: TrainState, g_params, aux, rng):
         m = self.config.model
         usage = state.model_state["code_usage"]
         counts = code_counts(aux["codes"], m.codebook_size)
         if not m.dead_code_restart:
             return g_params, state.model_state, jnp.zeros((), jnp.float32)
-        rng = jax.random.fold_in(state.rng, state.step)
         quantizer = g_params["quantizer"]
         codebook, usage, restarted = restart_dead_codes(
             quantizer["codebook"],
