@@ -11,12 +11,15 @@ run() {
   local name=$1; shift
   [[ "$only" == "  " || "$only" == *" $name "* ]] || return 0
   echo "== $name"
-  python bench/train_step.py --config=configs/vit_vqgan.py:imagenet256 --steps=20 \
+  python bench/train_step.py --config="${config:-configs/vit_vqgan.py:imagenet256}" --steps=20 \
     --out="$out/$name.json" "$@" 2>&1 | grep -vE "^(I|W)[0-9]{4}" | tail -4
 }
 run train_step_b32_xla --batch=32
 run train_step_b32_cudnn --batch=32 --config.model.attention_impl=cudnn
 run train_step_b64_cudnn --batch=64 --config.model.attention_impl=cudnn
+# VQ3D stage 1 at imagenet256 size: 128² renders of 256² × 32 planes, 48 + 48 samples.
+config=configs/vq3d_stage1.py:imagenet256 run stage1_b32_cudnn --batch=32 \
+  --config.model.attention_impl=cudnn
 python - "$out" <<'PY'
 import json, pathlib, sys
 for f in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):

@@ -2,6 +2,12 @@ r"""Train-step throughput and MFU of a task at a config's size, on random images
 
   python bench/train_step.py --config=configs/vit_vqgan.py:imagenet256 \
       [--batch=64] [--steps=20] [--config.key=value] [--out=result.json]
+  python bench/train_step.py --config=configs/vq3d_stage1.py:imagenet256 --batch=32
+
+For VQ3D stage 1 the step renders two views per image (canonical + novel) and
+the model FLOPs include every NeRF-MLP matmul at every sample; tri-plane
+gathers and compositing are memory traffic, not FLOPs, so the MFU of a
+rendering step is bounded well below a pure transformer's.
 
 Prints one JSON object. MFU (PaLM App. B) = model FLOPs per step ÷ step time ÷
 the device's peak; model FLOPs come from the step's jaxpr (2·MACs of every
@@ -84,6 +90,10 @@ def main(argv):
     n = config.global_batch_size
     rng = np.random.default_rng(0)
     local = {"image": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)}
+    if "depth" in task.train_keys:  # VQ3D stage 1: pseudo-GT depth, sky at +inf on top
+        depth = rng.uniform(2.0, 20.0, (n, size, size)).astype(np.float32)
+        depth[:, : size // 4] = np.inf
+        local["depth"] = depth
     state = loop.init_state(rt)
     step = loop.compile_train_step(rt)
     with rt.scope():

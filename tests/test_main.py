@@ -11,13 +11,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import tiny_overrides
+from conftest import stage1_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _command(workdir, data_dir, **extra):
-    overrides = {**tiny_overrides(data_dir), "log_every": 1, **extra}
+    overrides = {**stage1_overrides(data_dir), "log_every": 1, **extra}
     return [
         sys.executable, "-m", "vq3d_jax.main",
         "--config=configs/vq3d_stage1.py:tiny", f"--workdir={workdir}",
@@ -68,6 +68,31 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, mini_data_dir):
         last = json.loads(f.readlines()[-1])
     assert last["step"] == 4 and 0 < last["eval/psnr"] < 100
     assert last["eval/num_examples"] == 16
+    for key in ("eval/depth_abs_rel", "eval/novel_psnr", "eval/novel_psnr_yaw20"):
+        assert np.isfinite(last[key]), key
+
+    # --mode=render: per image a reconstruction, depth map, orbit and mesh (or a stated skip).
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(folder / "a.png")
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / "b.jpg")
+    (folder / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "rendered"
+    cmd = _command(resumed, mini_data_dir, total_steps=4) + [
+        "--mode=render", f"--images={folder}", f"--output_dir={out}", "--mesh",
+        "--mesh_resolution=16", "--mesh_level=0.5",
+    ]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "Skipping broken.png" in done.stderr
+    for name in ("a", "b"):
+        assert Image.open(out / f"{name}_reconstruction.png").size == (32, 32)
+        assert Image.open(out / f"{name}_depth.png").size == (32, 32)
+        assert Image.open(out / f"{name}_orbit.gif").n_frames == 4
+        assert (out / f"{name}.ply").exists() or f"No mesh for {name}" in done.stderr
 
 
 def test_sigterm_finishes_the_step_saves_and_exits_zero(tmp_path, mini_data_dir):

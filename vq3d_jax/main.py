@@ -1,7 +1,11 @@
 r"""Command line: train, evaluate or sample a model from a config.
 
   python -m vq3d_jax.main --config=configs/vq3d_stage1.py:tiny --workdir=DIR \
-      [--mode=train|eval|sample] [--config.key=value ...]
+      [--mode=train|eval|sample|render] [--config.key=value ...]
+
+--mode=render (NeRF decoders) writes, per image of --images (a folder) or of the
+eval split, a reconstruction, a colour-mapped depth map, an orbit video and,
+with --mesh, a .ply mesh, under --output_dir (default WORKDIR/render/<step>).
 
 Running the same command again with the same workdir resumes from the latest
 checkpoint. Cluster launchers (launch/) add --distributed.
@@ -19,7 +23,20 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config: configs/<file>.py:<preset>.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and samples go here.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "What to run.")
+_MODE = flags.DEFINE_enum(
+    "mode", "train", ["train", "eval", "sample", "render"], "What to run."
+)
+_IMAGES = flags.DEFINE_string(
+    "images", None, "--mode=render: a folder of PNG/JPEG images (default: the eval split)."
+)
+_NUM_IMAGES = flags.DEFINE_integer("num_images", 8, "--mode=render: images of the eval split.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "--mode=render: where files go.")
+_VIDEO = flags.DEFINE_enum("video", "gif", ["gif", "mp4"], "--mode=render: orbit format.")
+_MESH = flags.DEFINE_bool("mesh", False, "--mode=render: also write a .ply mesh.")
+_MESH_RESOLUTION = flags.DEFINE_integer("mesh_resolution", 64, "Density grid per axis.")
+_MESH_LEVEL = flags.DEFINE_float(
+    "mesh_level", 10.0, "Marching-cubes density level (σ per world unit)."
+)
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed",
     False,
@@ -93,8 +110,11 @@ def main(argv) -> None:
         )
 
     if _MODE.value == "train":
+        # Held-out novel views are for eval only; training never reads them.
+        train_data = config.data.copy_and_resolve_references()
+        train_data.with_novel_views = False
         train_iter = input_pipeline.create_train_iterator(
-            config.data, global_batch_size=config.global_batch_size, seed=config.seed
+            train_data, global_batch_size=config.global_batch_size, seed=config.seed
         )
         loop.train(runtime, workdir, train_iter, make_eval_iter)
     else:
@@ -105,6 +125,8 @@ def main(argv) -> None:
         try:
             if _MODE.value == "eval":
                 loop.run_eval(runtime, state, make_eval_iter(), writer, step)
+            elif _MODE.value == "render":
+                _render(runtime, state, step, workdir)
             else:
                 batch = next(iter(make_eval_iter()))
                 loop.write_samples(
@@ -112,6 +134,22 @@ def main(argv) -> None:
                 )
         finally:
             writer.close()
+
+
+def _render(runtime, state, step: int, workdir: str) -> None:
+    from vq3d_jax import render_mode
+
+    config = runtime.config
+    if _IMAGES.value:
+        names, images, _ = render_mode.load_folder(_IMAGES.value, config.data.image_size)
+    else:
+        names, images = render_mode.load_split(config, config.data.eval_split, _NUM_IMAGES.value)
+    mesh = None
+    if _MESH.value:
+        mesh = render_mode.MeshOptions(_MESH_RESOLUTION.value, _MESH_LEVEL.value)
+    out_dir = _OUTPUT_DIR.value or os.path.join(workdir, "render", str(step))
+    render_mode.render(runtime, state, names, images, out_dir, video_ext="." + _VIDEO.value,
+                       mesh=mesh)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
