@@ -75,6 +75,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.with_novel_views = True
 
     if preset == "tiny":
+        # The synthetic scenes' depth is metric and the model's camera stands at the
+        # dataset's distance, so it is compared as it is: aligned per image, a flat
+        # render makes the fitted slope 0 and the depth loss vanishes (measured: AbsRel
+        # stayed at 0.43 over 500 tiny steps with 'scale_shift').
+        c.loss.depth_alignment = "none"
         # Rendering dominates on a CPU (~2 µs per sample forward + backward): 8 images,
         # 32² renders (×2 upsampled) and 12 + 12 samples keep 300 steps near 3 minutes.
         c.global_batch_size = 8
@@ -98,6 +103,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             disc_channel_max=256,
         )
         c.render.update(resolution=128, num_samples=32, num_importance=32)
+        c.loss.depth_alignment = "none"  # metric synthetic depth, as in tiny
         c.loss.adversarial_start_step = 5000
         c.optim.update(learning_rate=4e-4, disc_learning_rate=1e-4, warmup_steps=1000)
         c.data.update(name="synthetic_scenes/res128", image_size=128, worker_count=8)

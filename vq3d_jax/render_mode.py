@@ -76,6 +76,9 @@ def render(rt: loop.Runtime, state, names, images, out_dir: str, *, video_ext: s
     task = rt.task
     if not hasattr(task, "render_outputs"):
         raise ValueError("--mode=render needs the NeRF decoder (model.decoder='nerf').")
+    if jax.process_count() > 1:
+        # Every image is read and written by one host; a few images need no pod.
+        raise ValueError("--mode=render runs in one process; launch it without --distributed.")
     os.makedirs(out_dir, exist_ok=True)
     views = rt.compiled("render", task.render_outputs)
     if mesh is not None:
