@@ -45,7 +45,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "resolution": 128,
             "fov_deg": 50.0,
             "camera_distance": 6.0,
-            "scene_scale": 1.0 / 3.0,
+            # At distance 6 and FOV 50° the frustum at the origin spans ±2.8 units: ×0.5
+            # puts it at ±0.64 of the plane extent (×1/3 left it ±0.47; measured on tiny:
+            # novel-view PSNR 17.7 vs 16.5 dB).
+            "scene_scale": 0.5,
             "near": 2.5,
             "far": float("inf"),
             "num_samples": 48,  # EG3D's 48 + 48
@@ -83,7 +86,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # Rendering dominates on a CPU (~2 µs per sample forward + backward): 8 images,
         # 32² renders (×2 upsampled) and 12 + 12 samples keep 300 steps near 3 minutes.
         c.global_batch_size = 8
-        c.model.update(plane_resolution=32, plane_channels=16, nerf_hidden=32)
+        c.model.update(plane_resolution=64, plane_channels=16, nerf_hidden=32)
         c.render.update(resolution=32, num_samples=12, num_importance=12, orbit_frames=12)
         c.sample_every = 0  # pictures at the end only
     elif preset == "synthetic128":
