@@ -46,8 +46,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "fov_deg": 50.0,
             "camera_distance": 6.0,
             # At distance 6 and FOV 50° the frustum at the origin spans ±2.8 units: ×0.5
-            # puts it at ±0.64 of the plane extent (×1/3 left it ±0.47; measured on tiny:
-            # novel-view PSNR 17.7 vs 16.5 dB).
+            # puts it at ±0.64 of the plane extent (×1/3: ±0.47, fewer texels for the
+            # objects). On tiny (with 64² planes) novel-view PSNR at step 500 went
+            # 16.5 → 16.7 dB: small (bench/results/2026-11-22_cpu).
             "scene_scale": 0.5,
             "near": 2.5,
             "far": float("inf"),
