@@ -26,7 +26,6 @@ import numpy as np
 from vq3d_jax import geometry as geo
 from vq3d_jax import losses
 from vq3d_jax.models.vq3d import NeRFMLP, canonical_camera, render_view, triplane_field
-from vq3d_jax.nn.stylegan import ResidualDiscriminator
 from vq3d_jax.tasks.vit_vqgan import (
     DISCRIMINATOR,
     GENERATOR,
@@ -91,13 +90,6 @@ class VQ3DStage1Task(ViTVQGANTask):
             density_bias=m.nerf_density_bias,
             dtype=jnp.dtype(m.dtype),
         )
-        self.novel_discriminator = ResidualDiscriminator(
-            resolution=self.image_size,
-            channel_base=m.disc_channel_base,
-            channel_max=m.disc_channel_max,
-            mbstd_group_size=m.disc_mbstd_group_size,
-            dtype=jnp.dtype(m.dtype),
-        )
         self.render_size = int(r.resolution)
         self.intrinsics, self.cam_to_world = canonical_camera(
             r.fov_deg, r.camera_distance, self.render_size
@@ -111,7 +103,8 @@ class VQ3DStage1Task(ViTVQGANTask):
             )
 
     def discriminators(self) -> dict:
-        return {DISCRIMINATOR: self.discriminator, NOVEL_DISCRIMINATOR: self.novel_discriminator}
+        # The novel-view D has the main D's architecture and its own parameters.
+        return {DISCRIMINATOR: self.discriminator, NOVEL_DISCRIMINATOR: self.discriminator}
 
     def init_generator(self, rng: jax.Array, images: jax.Array) -> dict:
         ae_rng, mlp_rng = jax.random.split(rng)
@@ -161,7 +154,7 @@ class VQ3DStage1Task(ViTVQGANTask):
         batch = disparity.shape[0]
         median = jnp.median(disparity.reshape(batch, -1), axis=1)
         depth = jnp.clip(1.0 / jnp.maximum(median, 1e-6), r.near, 2.0 * r.camera_distance)
-        canonical = jnp.broadcast_to(self.cam_to_world, (batch, 4, 4))
+        canonical = self._canonical(batch)
         pivot = canonical[:, :3, 3] + depth[:, None] * canonical[:, :3, 2]
         return geo.orbit(canonical, pivot, yaw, pitch)
 
@@ -192,7 +185,7 @@ class VQ3DStage1Task(ViTVQGANTask):
         )
 
         def adversarial(name, fakes):
-            logits = self.discriminators()[name].apply({"params": d_params[name]}, fakes)
+            logits = self.discriminator.apply({"params": d_params[name]}, fakes)
             return losses.nonsaturating_generator_loss(logits)
 
         l2 = losses.l2_loss(recon, images)
