@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from vq3d_jax import losses
+from vq3d_jax.models import lpips
 from vq3d_jax.models.vit_vqgan import VitVQGAN
 from vq3d_jax.nn.quantizer import code_counts, restart_dead_codes
 from vq3d_jax.nn.stylegan import ResidualDiscriminator
@@ -43,14 +44,13 @@ def learning_rate_schedule(optim, peak: float, total_steps: int) -> optax.Schedu
 
 
 def perceptual_loss_fn(weights_path: str):
-    """The LPIPS hook: None when off; the network itself lands with the FID/LPIPS issue."""
+    """LPIPS-VGG (models/lpips.py) as `(recon, target) -> batch mean`; None when off.
+
+    A set path that is missing or holds other weights is an error here, at start-up.
+    """
     if not weights_path:
         return None
-    raise NotImplementedError(
-        f"config.loss.lpips_weights={weights_path!r} is set, but this build has no LPIPS "
-        "network yet (it arrives with the perceptual-networks issue). Set "
-        "--config.loss.lpips_weights='' to train without the perceptual loss."
-    )
+    return lpips.make_lpips_fn(weights_path, "loss.lpips_weights")
 
 
 def image_grid(rows: list[jax.Array]) -> jax.Array:
@@ -168,9 +168,9 @@ class ViTVQGANTask:
     def _perceptual_term(self, recon, images, terms: dict):
         if self.perceptual is None:
             return 0.0
-        lpips = self.perceptual(recon, images)
-        terms["loss/lpips"] = lpips
-        return self.config.loss.lpips * lpips
+        distance = self.perceptual(recon, images)
+        terms["loss/lpips"] = distance
+        return self.config.loss.lpips * distance
 
     def train_step(self, state: TrainState, batch):
         images = images_to_float(batch["image"])
@@ -269,6 +269,10 @@ class ViTVQGANTask:
     def _reconstruct(self, state: TrainState, images):
         recon, _ = self.autoencoder.apply({"params": state.params[GENERATOR]}, images)
         return recon.astype(jnp.float32)
+
+    def fid_images(self, state: TrainState, batch):
+        """What FID scores: the reconstructions, uint8 (rFID)."""
+        return images_to_uint8(self._reconstruct(state, images_to_float(batch["image"])))
 
     def eval_step(self, state: TrainState, batch):
         images = images_to_float(batch["image"])
