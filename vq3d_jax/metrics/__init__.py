@@ -1,0 +1,1 @@
+"""Evaluation metrics over whole splits: FID, KID and Inception Score (`fid`, `evaluator`)."""
