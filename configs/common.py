@@ -71,4 +71,20 @@ def base_config() -> ml_collections.ConfigDict:
         }
     )
     c.eval = ml_collections.ConfigDict({"num_examples": 256, "global_batch_size": 32})
+    # FID / KID / IS of the task's fid_images (stage 1: reconstructions) on the eval
+    # split, in the same pass as the other eval metrics (metrics/evaluator.py).
+    c.eval.fid = ml_collections.ConfigDict(
+        {
+            # Converted pytorch-fid Inception weights (tools/convert_weights.py);
+            # '' = FID off, said once at start-up. Never downloaded.
+            "inception_weights": "",
+            # A reference .npz (mu/sigma, or raw features) to score against; '' = the
+            # eval split's own statistics, computed once and cached under cache_dir.
+            "reference": "",
+            "cache_dir": "",  # '' = ~/.cache/vq3d_jax/fid_reference
+            "kid_subsets": 100,  # KID: 100 subsets of 1000 (Bińkowski et al. §3)
+            "kid_subset_size": 1000,
+            "kid_max_features": 10_000,  # rows kept per set for KID and IS (host memory)
+        }
+    )
     return c

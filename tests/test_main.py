@@ -70,6 +70,9 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, mini_data_dir):
     assert last["eval/num_examples"] == 16
     for key in ("eval/depth_abs_rel", "eval/novel_psnr", "eval/novel_psnr_yaw20"):
         assert np.isfinite(last[key]), key
+    # Without Inception weights FID is off, and the log says what to fetch and set.
+    assert "FID/KID are off" in done.stderr and "eval.fid.inception_weights" in done.stderr
+    assert "eval/fid" not in last
 
     # --mode=render: per image a reconstruction, depth map, orbit and mesh (or a stated skip).
     from PIL import Image

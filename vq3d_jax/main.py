@@ -109,6 +109,12 @@ def main(argv) -> None:
             num_examples=config.eval.num_examples or None,
         )
 
+    fid = None
+    if _MODE.value in ("train", "eval"):
+        from vq3d_jax.metrics import evaluator
+
+        fid = evaluator.from_config(config, runtime, make_eval_iter().num_examples)
+
     if _MODE.value == "train":
         # Held-out novel views are for eval only; training never reads them.
         train_data = config.data.copy_and_resolve_references()
@@ -116,7 +122,7 @@ def main(argv) -> None:
         train_iter = input_pipeline.create_train_iterator(
             train_data, global_batch_size=config.global_batch_size, seed=config.seed
         )
-        loop.train(runtime, workdir, train_iter, make_eval_iter)
+        loop.train(runtime, workdir, train_iter, make_eval_iter, fid)
     else:
         from vq3d_jax.train.writer import MetricWriter
 
@@ -124,7 +130,7 @@ def main(argv) -> None:
         writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
         try:
             if _MODE.value == "eval":
-                loop.run_eval(runtime, state, make_eval_iter(), writer, step)
+                loop.run_eval(runtime, state, make_eval_iter(), writer, step, fid)
             elif _MODE.value == "render":
                 _render(runtime, state, step, workdir)
             else:

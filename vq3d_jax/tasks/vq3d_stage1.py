@@ -232,6 +232,10 @@ class VQ3DStage1Task(ViTVQGANTask):
         )
         return planes, maps, jnp.clip(self.to_image(maps["color"]), -1.0, 1.0)
 
+    def fid_images(self, state, batch):
+        """What FID scores: the canonical-view reconstructions, uint8 (rFID)."""
+        return images_to_uint8(self._views(state, images_to_float(batch["image"]))[2])
+
     def eval_step(self, state, batch):
         images = images_to_float(batch["image"])
         planes, maps, recon = self._views(state, images)

@@ -135,8 +135,12 @@ def _restore_or_init(rt: Runtime, ckpt: Checkpointer, data_iter) -> tuple[Any, i
     return init_state(rt), 0
 
 
-def train(rt: Runtime, workdir: str, train_iter, make_eval_iter: Callable | None = None):
-    """Trains to `config.total_steps`, resuming from `workdir` when it has checkpoints."""
+def train(rt: Runtime, workdir: str, train_iter, make_eval_iter: Callable | None = None,
+          fid=None):
+    """Trains to `config.total_steps`, resuming from `workdir` when it has checkpoints.
+
+    `fid`: an optional `FIDEvaluator` that every eval also runs.
+    """
     config, task = rt.config, rt.task
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     ckpt = Checkpointer(
@@ -188,7 +192,7 @@ def train(rt: Runtime, workdir: str, train_iter, make_eval_iter: Callable | None
                     logging.warning("Preempted: saved step %d, exiting.", step)
                     break
                 if make_eval_iter and (_due(step, config.eval_every) or final):
-                    run_eval(rt, state, make_eval_iter(), writer, step)
+                    run_eval(rt, state, make_eval_iter(), writer, step, fid)
                 if make_eval_iter and (_due(step, config.sample_every) or final):
                     sample_batch = sample_batch or _first_batch(make_eval_iter(), task)
                     write_samples(rt, state, sample_batch, writer, step)
@@ -233,23 +237,33 @@ def _masked_eval_sums(task):
     return sums
 
 
-def run_eval(rt: Runtime, state, eval_batches, writer: MetricWriter, step: int) -> dict:
-    """Masked means of the task's per-example metrics over a whole split."""
+def run_eval(rt: Runtime, state, eval_batches, writer: MetricWriter, step: int,
+             fid=None) -> dict:
+    """Masked means of the task's per-example metrics over a whole split.
+
+    `fid`: a `metrics.evaluator.FIDEvaluator`, or None; with one, the same pass
+    also scores the task's `fid_images` (FID, KID, IS).
+    """
     task = rt.task
     eval_fn = rt.compiled("eval", _masked_eval_sums(task))
     totals: dict[str, float] = {}
     counts: dict[str, float] = {}
     with rt.scope():
+        fid_pass = fid.begin() if fid is not None else None
         for local in eval_batches:
             batch = sharding_lib.global_batch(_select(local, (*task.eval_keys, "mask")), rt.mesh)
             batch_totals, batch_counts = jax.device_get(eval_fn(state, batch))
             for k in batch_totals:
                 totals[k] = totals.get(k, 0.0) + float(batch_totals[k])
                 counts[k] = counts.get(k, 0.0) + float(batch_counts[k])
+            if fid_pass is not None:
+                fid_pass.add(state, batch)
     if not counts:
         raise ValueError("The evaluation split yielded no batches.")
     results = {f"eval/{k}": totals[k] / max(counts[k], 1.0) for k in totals}
     results["eval/num_examples"] = max(counts.values())
+    if fid_pass is not None:
+        results.update({f"eval/{k}": v for k, v in fid_pass.finish().items()})
     writer.write_scalars(step, results)
     logging.info("eval at step %d: %s", step, {k: round(v, 4) for k, v in results.items()})
     return results
