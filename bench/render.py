@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -26,21 +25,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench.timing import median_seconds  # noqa: E402
 from vq3d_jax import geometry as geo  # noqa: E402
 from vq3d_jax.models.vq3d import NeRFMLP, triplane_field  # noqa: E402
 
 EG3D_RAYS_PER_S = {"forward": 3.0e6, "forward_backward": 0.87e6}
-
-
-def _time(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # compile + warm-up
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def main() -> None:
@@ -81,8 +70,8 @@ def main() -> None:
     backward = jax.jit(
         jax.grad(lambda p, m, r: jnp.sum(render(p, m, r).astype(jnp.float32)), argnums=(0, 1))
     )
-    t_fwd = _time(forward, planes, mlp_params, key, repeats=args.repeats)
-    t_bwd = _time(backward, planes, mlp_params, key, repeats=args.repeats)
+    t_fwd = median_seconds(forward, planes, mlp_params, key, repeats=args.repeats)
+    t_bwd = median_seconds(backward, planes, mlp_params, key, repeats=args.repeats)
     device = jax.devices()[0]
     result = {
         "benchmark": "render",
