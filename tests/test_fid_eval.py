@@ -2,6 +2,7 @@
 the reference cache, user reference files, the converter and the weights errors."""
 
 import json
+import os
 
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +19,8 @@ def _random_torch_state_dict(seed=0):
 
     He-scaled convs and unit BN statistics keep the features O(1) through 94 convs.
     """
-    with open("tests/data/pytorch_fid_inception_tensors.json") as f:
+    with open(os.path.join(os.path.dirname(__file__), "data",
+                           "pytorch_fid_inception_tensors.json")) as f:
         tensors = json.load(f)["tensors"]
     rng = np.random.default_rng(seed)
     state = {}
