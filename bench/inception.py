@@ -17,7 +17,6 @@ goal ≥ 9,000 img/s. Figures hold only on an accelerator.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -27,7 +26,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.timing import median_seconds  # noqa: E402
+from bench.common import emit, median_seconds  # noqa: E402
 from vq3d_jax.models import inception  # noqa: E402
 
 PYTORCH_IMAGES_PER_S = 4500.0
@@ -86,11 +85,7 @@ def main() -> None:
     result["compared_with"] = (
         "PyTorch InceptionV3 forward on the same H100, ~4,500 img/s (issue 4); goal >= 9,000 "
         "img/s, bf16 only if its features stay within 1e-3 relative of float32")
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

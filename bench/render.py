@@ -14,7 +14,6 @@ forward+backward (issue 3). Figures hold only on an accelerator.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -25,7 +24,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.timing import median_seconds  # noqa: E402
+from bench.common import emit, median_seconds  # noqa: E402
 from vq3d_jax import geometry as geo  # noqa: E402
 from vq3d_jax.models.vq3d import NeRFMLP, triplane_field  # noqa: E402
 
@@ -93,11 +92,7 @@ def main() -> None:
         "compared_with": "eg3d PyTorch renderer on the same H100: 3.0 M rays/s forward, "
         "0.87 M rays/s forward+backward (issue 3); goal >= 5x",
     }
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from bench.common import emit  # noqa: E402
 from vq3d_jax import input_pipeline, losses  # noqa: E402
 from vq3d_jax.datasets import synthetic_scenes  # noqa: E402
 from vq3d_jax.tasks import get_task  # noqa: E402
@@ -100,10 +101,7 @@ def main(argv) -> None:
         "mean_image_psnr": floor,
         "curve": curve,
     }
-    print(json.dumps(result))
-    if _OUT.value:
-        with open(_OUT.value, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
+    emit(result, _OUT.value)
 
 
 if __name__ == "__main__":

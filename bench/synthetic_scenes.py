@@ -16,7 +16,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -25,6 +24,7 @@ import numpy as np  # noqa: E402
 
 # Runnable as `python bench/synthetic_scenes.py` from a checkout (no install needed).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import emit  # noqa: E402
 from vq3d_jax.datasets import raycast, synthetic_scenes  # noqa: E402
 
 TARGET = 100.0  # scenes/s at 64^2 on one core
@@ -79,11 +79,7 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "numpy": np.__version__,
     }
-    line = json.dumps(result)
-    print(line)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(line + "\n")
+    emit(result, args.out, indent=None)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ accelerator.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import sys
 import time
@@ -32,6 +31,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from bench.common import emit  # noqa: E402
 from vq3d_jax.tasks import get_task  # noqa: E402
 from vq3d_jax.train import loop, sharding  # noqa: E402
 from vq3d_jax.train.flops import count_flops  # noqa: E402
@@ -145,11 +145,7 @@ def main(argv):
         "excluded": f"lazy R1 (runs once every {r1_every} steps in training)",
         "final_loss": float(metrics["loss/total"]),
     }
-    text = json.dumps(result, indent=1)
-    print(text)
-    if _OUT.value:
-        with open(_OUT.value, "w") as f:
-            f.write(text + "\n")
+    emit(result, _OUT.value)
 
 
 if __name__ == "__main__":
