@@ -17,7 +17,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _command(workdir, data_dir, **extra):
-    overrides = {**stage1_overrides(data_dir), "log_every": 1, **extra}
+    # The mesh of test_train_loop's sharded stage-1 step: the persistent compilation
+    # cache then serves that test the 8-device program these runs compiled.
+    overrides = {**stage1_overrides(data_dir), "log_every": 1, "mesh.data": 2, "mesh.fsdp": 4,
+                 **extra}
     return [
         sys.executable, "-m", "vq3d_jax.main",
         "--config=configs/vq3d_stage1.py:tiny", f"--workdir={workdir}",
