@@ -14,7 +14,7 @@ already known, the split's real images; `finish()` returns the scores.
   first pass and cached as `.npz` keyed by dataset, split, resolution, example
   count and a hash of the preprocessing and the Inception weights.
 - The protocol (network, resize, sample count, reference) is logged with every
-  score and written beside the cached reference.
+  score.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ def load_reference(path: str) -> dict:
                 f"FID reference {path} has keys {sorted(keys)}: it needs 'mu' and 'sigma' "
                 "(as the ADM reference batches have) or raw 'features'/'activations' [N, 2048]."
             )
-    if mu.shape != (2048,) or sigma.shape != (2048, 2048):
+    dim = inception.POOL_FEATURES
+    if mu.shape != (dim,) or sigma.shape != (dim, dim):
         raise ValueError(f"FID reference {path}: mu {mu.shape}, sigma {sigma.shape}; "
                          "expected the 2048-d pool_3 statistics.")
     return {"mu": mu, "sigma": sigma, "features": raw}
@@ -81,7 +82,6 @@ class FIDEvaluator:
     def __init__(self, fid_config, data_config, num_examples: int, mesh, state_shardings,
                  task):
         self.config = fid_config
-        self.mesh = mesh
         path = fid_config.inception_weights
         self.params = jax.device_put(
             inception.load_params(path, WEIGHTS_KEY), sharding_lib.replicated(mesh)
@@ -158,11 +158,13 @@ class FIDEvaluator:
 class _Pass:
     def __init__(self, evaluator: FIDEvaluator):
         self.ev = evaluator
-        keep = int(evaluator.config.kid_max_features)
-        self.generated = fid_lib.StreamingStats(2048, keep=keep)
-        self.logits = fid_lib.StreamingStats(1008, keep=keep)  # rows kept for IS only
+        self.keep = int(evaluator.config.kid_max_features)
+        dim = inception.POOL_FEATURES
+        self.generated = fid_lib.StreamingStats(dim, keep=self.keep)
         self.real = None if evaluator._reference is not None else fid_lib.StreamingStats(
-            2048, keep=keep)
+            dim, keep=self.keep)
+        self.logits: list[np.ndarray] = []  # the first `keep` generated rows, for IS
+        self.num_logits = 0
 
     def add(self, state, global_batch: dict) -> None:
         """Accumulates one eval batch (global arrays with 'image' and 'mask')."""
@@ -171,7 +173,10 @@ class _Pass:
         pool, logits, mask = jax.device_get(
             ev._features(ev.params, images, global_batch["mask"]))
         self.generated.update(np.asarray(pool), np.asarray(mask))
-        self.logits.update(np.asarray(logits), np.asarray(mask))
+        if self.num_logits < self.keep:
+            rows = np.asarray(logits)[np.asarray(mask, bool)][: self.keep - self.num_logits]
+            self.logits.append(rows)
+            self.num_logits += len(rows)
         if self.real is not None:
             pool, _, mask = jax.device_get(
                 ev._features(ev.params, global_batch["image"], global_batch["mask"]))
@@ -193,9 +198,9 @@ class _Pass:
                 num_subsets=int(ev.config.kid_subsets),
                 subset_size=int(ev.config.kid_subset_size),
             )
-        if self.generated.n >= 10:
+        if self.num_logits >= 10:
             scores["inception_score"], scores["inception_score_std"] = (
-                fid_lib.inception_score(self.logits.features(), splits=10))
+                fid_lib.inception_score(np.concatenate(self.logits), splits=10))
         scores["fid_num_examples"] = float(self.generated.n)
         logging.info("%s", ev.protocol(self.generated.n, what))
         return scores
