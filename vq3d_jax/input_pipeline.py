@@ -11,7 +11,8 @@ Training (grain tutorial / MaxText recipe)::
 Batching happens after the iterator-level filter (a MapDataset cannot drop elements
 without leaving holes in a batch). Evaluation reads each process's strided share in a
 fixed order and pads the last batch, with a boolean ``mask`` (False on padding and on
-bad records), so every process yields the same number of batches.
+bad records) and each slot's position in the split, ``index`` (int32), so every process
+yields the same number of batches.
 
 Images are read as encoded bytes (TFDS image decoding skipped) and decoded here with
 PIL so that a corrupt record is a counted skip, not a crash. Outputs per example:
@@ -437,11 +438,14 @@ def _eval_element(
 ) -> dict:
     g = index + j * count  # strided share: process p reads p, p + count, ...
     if g >= num_examples:
-        return {**pad, "mask": np.bool_(False), "_skipped": np.int64(0)}
-    example = _safe_preprocess(source[g], opts)
-    if isinstance(example, _BadRecord):
-        return {**pad, "mask": np.bool_(False), "_skipped": np.int64(1)}
-    return {**example, "mask": np.bool_(True), "_skipped": np.int64(0)}
+        out = {**pad, "mask": np.bool_(False), "_skipped": np.int64(0)}
+    else:
+        example = _safe_preprocess(source[g], opts)
+        if isinstance(example, _BadRecord):
+            out = {**pad, "mask": np.bool_(False), "_skipped": np.int64(1)}
+        else:
+            out = {**example, "mask": np.bool_(True), "_skipped": np.int64(0)}
+    return {**out, "index": np.int32(g)}
 
 
 def _padding_example(source, num_examples: int, opts: _Options) -> dict:

@@ -91,6 +91,8 @@ class FIDEvaluator:
         self.dataset = f"{data_config.name}/{data_config.eval_split}"
         self.image_size = int(data_config.image_size)
         self.num_examples = num_examples
+        # What the protocol line calls the scored images (stage 1: reconstructions).
+        self.scored = getattr(task, "fid_images_are", "reconstructions")
         batch, replicated = sharding_lib.batch_sharding(mesh), sharding_lib.replicated(mesh)
 
         def features(params, images, mask):
@@ -182,7 +184,7 @@ class _Pass:
                 ev._features(ev.params, global_batch["image"], global_batch["mask"]))
             self.real.update(np.asarray(pool), np.asarray(mask))
 
-    def finish(self, what: str = "reconstructions") -> dict[str, float]:
+    def finish(self) -> dict[str, float]:
         ev = self.ev
         if self.real is not None and jax.process_index() == 0:
             ev._save_reference(self.real)
@@ -202,5 +204,5 @@ class _Pass:
             scores["inception_score"], scores["inception_score_std"] = (
                 fid_lib.inception_score(np.concatenate(self.logits), splits=10))
         scores["fid_num_examples"] = float(self.generated.n)
-        logging.info("%s", ev.protocol(self.generated.n, what))
+        logging.info("%s", ev.protocol(self.generated.n, ev.scored))
         return scores

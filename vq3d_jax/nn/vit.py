@@ -102,13 +102,20 @@ class MlpBlock(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-    """Bidirectional multi-head self-attention on ``[batch, length, width]``.
+    """Multi-head self-attention on ``[batch, length, width]``, bidirectional or causal.
 
     Separate q/k/v projections with kernels ``('embed', 'heads', 'kv')`` and an
     output projection ``('heads', 'kv', 'embed')``. The attention itself is
     ``jax.nn.dot_product_attention`` in the [batch, length, heads, head_dim]
     layout, which picks a fused (cuDNN flash) kernel on GPU and the XLA path
     elsewhere.
+
+    Incremental decoding (``causal`` only): pass ``cache`` = ``{'key', 'value'}``,
+    each [batch, S, heads, head_dim], and ``index``, the position of the first
+    of x's T tokens. Their keys and values are written at ``index..index+T-1``
+    and each attends to every cached position up to its own; the call returns
+    ``(y, updated cache)``. S may be shorter than the whole sequence (the
+    sampler grows it in segments, so early steps read a short cache).
 
     The projections are explicit params + einsum rather than ``nn.DenseGeneral``:
     DenseGeneral calls its kernel_init with a flattened 2D shape, which breaks
@@ -120,9 +127,10 @@ class MultiHeadAttention(nn.Module):
     param_dtype: Dtype = jnp.float32
     # None/'xla': XLA's attention; 'cudnn': cuDNN's fused flash kernel (GPU, bf16/fp16).
     attention_impl: str | None = None
+    causal: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, cache: dict | None = None, index: jax.Array | None = None):
         width = x.shape[-1]
         if width % self.num_heads:
             raise ValueError(f"width {width} not divisible by num_heads {self.num_heads}")
@@ -147,35 +155,62 @@ class MultiHeadAttention(nn.Module):
 
         q, k, v = proj("query"), proj("key"), proj("value")
         # Softmax(QK^T / sqrt(d)) V; the 1/sqrt(d) scale is applied inside the call.
-        y = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
+        if cache is None:
+            y = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal,
+                                             implementation=self.attention_impl)
+        else:
+            if not self.causal:
+                raise ValueError("A key/value cache only makes sense for causal attention.")
+            cache = {
+                name: nn.with_logical_constraint(
+                    jax.lax.dynamic_update_slice_in_dim(
+                        cache[name], new.astype(cache[name].dtype), index, axis=1),
+                    ACT_HEADS)
+                for name, new in (("key", k), ("value", v))
+            }
+            query_pos = index + jnp.arange(x.shape[1])
+            visible = jnp.arange(cache["key"].shape[1])[None, :] <= query_pos[:, None]
+            # XLA's path: the fused kernels do not take a one-token query with a mask.
+            y = jax.nn.dot_product_attention(
+                q, cache["key"].astype(self.dtype), cache["value"].astype(self.dtype),
+                mask=visible[None, None], implementation="xla")
         y = nn.with_logical_constraint(y, ACT_HEADS)
         w = param("out_kernel", out_init, ("heads", "kv", "embed"),
                   (self.num_heads, head_dim, width))
         b = param("out_bias", nn.initializers.zeros, ("embed",), (width,))
-        return jnp.einsum("bthk,hkd->btd", y, w) + b
+        out = jnp.einsum("bthk,hkd->btd", y, w) + b
+        return out if cache is None else (out, cache)
 
 
 class TransformerBlock(nn.Module):
-    """Pre-LN block: x + MHA(LN(x)), then x + MLP(LN(x))."""
+    """Pre-LN block: x + MHA(LN(x)), then x + MLP(LN(x)).
+
+    With a ``cache`` (causal decoding, see `MultiHeadAttention`) returns
+    ``(x, updated cache)``.
+    """
 
     num_heads: int
     mlp_dim: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     attention_impl: str | None = None
+    causal: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, cache: dict | None = None, index: jax.Array | None = None):
         x = nn.with_logical_constraint(x, ACT_EMBED)
         y = layer_norm(self.dtype, self.param_dtype, name="ln_attn")(x)
         y = MultiHeadAttention(self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
-                               attention_impl=self.attention_impl, name="attn")(y)
+                               attention_impl=self.attention_impl, causal=self.causal,
+                               name="attn")(y, cache, index)
+        if cache is not None:
+            y, cache = y
         x = x + y
         y = layer_norm(self.dtype, self.param_dtype, name="ln_mlp")(x)
         y = MlpBlock(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype,
                      name="mlp")(y)
-        x = x + y
-        return nn.with_logical_constraint(x, ACT_EMBED)
+        x = nn.with_logical_constraint(x + y, ACT_EMBED)
+        return x if cache is None else (x, cache)
 
 
 class Transformer(nn.Module):
@@ -193,7 +228,6 @@ class Transformer(nn.Module):
     param_dtype: Dtype = jnp.float32
     attention_impl: str | None = None
     remat: bool = False
-    attention_impl: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -6,6 +6,7 @@ _TASKS = {
     "vit_vqgan": "vq3d_jax.tasks.vit_vqgan:ViTVQGANTask",
     # model.decoder picks the NeRF task or the 2D autoencoder.
     "vq3d_stage1": "vq3d_jax.tasks.vq3d_stage1:make_task",
+    "vq3d_stage2": "vq3d_jax.tasks.vq3d_stage2:VQ3DStage2Task",
 }
 
 

@@ -265,6 +265,23 @@ class ViTVQGANTask:
         g_params = {**g_params, "quantizer": {**quantizer, "codebook": codebook}}
         return g_params, {**state.model_state, "code_usage": usage}, restarted
 
+    # -- codes (what a stage-2 prior models) ----------------------------------------------
+    def autoencoder_params(self, g_params) -> dict:
+        """The `VitVQGAN` part of the generator's params (here: all of them)."""
+        return g_params
+
+    def encode_codes(self, g_params, images: jax.Array) -> jax.Array:
+        """Images in [−1, 1] [B, S, S, 3] → code indices [B, L] int32 (raster order)."""
+        _, aux = self.autoencoder.apply({"params": self.autoencoder_params(g_params)}, images,
+                                        method=VitVQGAN.encode)
+        return aux["codes"].reshape(images.shape[0], -1)
+
+    def pictures_from_codes(self, g_params, codes: jax.Array) -> dict:
+        """Code indices [B, L] → {'image': decoded images uint8}."""
+        images = self.autoencoder.apply({"params": self.autoencoder_params(g_params)}, codes,
+                                        method=VitVQGAN.decode_codes)
+        return {"image": images_to_uint8(images.astype(jnp.float32))}
+
     # -- evaluation and pictures -------------------------------------------------------
     def _reconstruct(self, state: TrainState, images):
         recon, _ = self.autoencoder.apply({"params": state.params[GENERATOR]}, images)

@@ -25,6 +25,7 @@ import numpy as np
 
 from vq3d_jax import geometry as geo
 from vq3d_jax import losses
+from vq3d_jax.models.vit_vqgan import VitVQGAN
 from vq3d_jax.models.vq3d import NeRFMLP, canonical_camera, render_view, triplane_field
 from vq3d_jax.tasks.vit_vqgan import (
     DISCRIMINATOR,
@@ -55,6 +56,12 @@ def disparity_from_depth(depth: jax.Array) -> jax.Array:
     depth = depth.astype(jnp.float32)
     ok = jnp.isfinite(depth) & (depth > 0)
     return jnp.where(ok, 1.0 / jnp.where(ok, depth, 1.0), 0.0)
+
+
+def orbit_strip(orbit: jax.Array) -> jax.Array:
+    """Orbits [N, T, S, S, C] → one video [T, S, N·S, C] of the N side by side."""
+    n, t, h, w, c = orbit.shape
+    return orbit.transpose(1, 2, 0, 3, 4).reshape(t, h, n * w, c)
 
 
 def resize_maps(maps: jax.Array, size: int) -> jax.Array:
@@ -114,9 +121,11 @@ class VQ3DStage1Task(ViTVQGANTask):
         return params
 
     # -- the generator's pieces ----------------------------------------------------------
+    def autoencoder_params(self, g_params) -> dict:
+        return {k: v for k, v in g_params.items() if k != NERF}
+
     def planes(self, g_params, images):
-        autoencoder = {k: v for k, v in g_params.items() if k != NERF}
-        return self.autoencoder.apply({"params": autoencoder}, images)
+        return self.autoencoder.apply({"params": self.autoencoder_params(g_params)}, images)
 
     def render(self, mlp_params, planes, cam_to_world, rng, *, randomized, intrinsics=None):
         """Renders each image's planes [B, ...] from its camera [B, 4, 4] → maps [B, r, r, ...].
@@ -222,15 +231,18 @@ class VQ3DStage1Task(ViTVQGANTask):
         )
 
     # -- evaluation and pictures -------------------------------------------------------
-    def _views(self, state, images):
-        """Deterministic canonical render → (planes, maps, reconstruction in [−1, 1])."""
-        g = state.params[GENERATOR]
-        planes, _ = self.planes(g, images)
+    def _canonical_view(self, g_params, planes):
+        """Deterministic canonical render → (maps, reconstruction in [−1, 1])."""
         maps = self.render(
-            g[NERF], planes, self._canonical(images.shape[0]), jax.random.key(0),
+            g_params[NERF], planes, self._canonical(planes.shape[0]), jax.random.key(0),
             randomized=False,
         )
-        return planes, maps, jnp.clip(self.to_image(maps["color"]), -1.0, 1.0)
+        return maps, jnp.clip(self.to_image(maps["color"]), -1.0, 1.0)
+
+    def _views(self, state, images):
+        """Deterministic canonical render → (planes, maps, reconstruction in [−1, 1])."""
+        planes, _ = self.planes(state.params[GENERATOR], images)
+        return (planes, *self._canonical_view(state.params[GENERATOR], planes))
 
     def fid_images(self, state, batch):
         """What FID scores: the canonical-view reconstructions, uint8 (rFID)."""
@@ -291,10 +303,22 @@ class VQ3DStage1Task(ViTVQGANTask):
 
     def render_outputs(self, state, batch):
         """Per image: reconstruction, colour-mapped depth, and an orbit [T] (uint8)."""
+        g = state.params[GENERATOR]
+        planes, _ = self.planes(g, images_to_float(batch["image"]))
+        out = self.picture_planes(g, planes)
+        return {"reconstruction": out.pop("image"), **out}
+
+    def pictures_from_codes(self, g_params, codes):
+        """Code indices [B, L] → the scenes they decode to: image, depth, orbit (uint8)."""
+        planes = self.autoencoder.apply({"params": self.autoencoder_params(g_params)}, codes,
+                                        method=VitVQGAN.decode_codes)
+        return self.picture_planes(g_params, planes)
+
+    def picture_planes(self, g_params, planes):
+        """Tri-planes → canonical `image`, colour-mapped `depth` and `orbit` [B, T, ...] (uint8)."""
         r = self.config.render
-        images = images_to_float(batch["image"])
-        b = images.shape[0]
-        planes, maps, recon = self._views(state, images)
+        b = planes.shape[0]
+        maps, image = self._canonical_view(g_params, planes)
         depth = colorize_depth(resize_maps(maps["disparity"], self.image_size))
         angles = np.deg2rad(r.orbit_yaw_deg) * np.sin(
             2.0 * np.pi * np.arange(r.orbit_frames) / r.orbit_frames
@@ -303,17 +327,13 @@ class VQ3DStage1Task(ViTVQGANTask):
         def frame(yaw):
             cameras = self.orbit_cameras(maps["disparity"], jnp.full((b,), yaw), jnp.zeros((b,)))
             rendered = self.render(
-                state.params[GENERATOR][NERF], planes, cameras, jax.random.key(0),
-                randomized=False,
+                g_params[NERF], planes, cameras, jax.random.key(0), randomized=False,
             )
             return images_to_uint8(self.to_image(rendered["color"]))
 
         orbit = jax.lax.map(frame, jnp.asarray(angles, jnp.float32))  # [T, B, S, S, 3]
-        return {
-            "reconstruction": images_to_uint8(recon),
-            "depth": depth,
-            "orbit": jnp.swapaxes(orbit, 0, 1),
-        }
+        return {"image": images_to_uint8(image), "depth": depth,
+                "orbit": jnp.swapaxes(orbit, 0, 1)}
 
     def density(self, state, batch):
         """σ and colour of each image's field at world `points` [B, P, 3] (for meshes)."""
@@ -332,9 +352,6 @@ class VQ3DStage1Task(ViTVQGANTask):
         small = {k: v[:n] for k, v in batch.items()}
         out = self.render_outputs(state, small)
         orbit = out["orbit"]  # [N, T, S, S, 3]
-        frames = orbit.transpose(1, 2, 0, 3, 4).reshape(
-            orbit.shape[1], orbit.shape[2], -1, orbit.shape[4]
-        )
         depth_rows = [out["depth"]]
         if "depth" in small:
             depth_rows.insert(0, colorize_depth(disparity_from_depth(small["depth"])))
@@ -344,5 +361,5 @@ class VQ3DStage1Task(ViTVQGANTask):
         return {
             "reconstruction": image_grid(rows),
             "depth": image_grid(depth_rows),
-            "orbit": frames,
+            "orbit": orbit_strip(orbit),
         }

@@ -101,7 +101,10 @@ def init_state(rt: Runtime):
         lambda rng: nn.meta.unbox(rt.task.init_state(rng)), out_shardings=rt.state_shardings
     )
     with rt.scope():
-        return init(jax.random.PRNGKey(rt.config.seed))
+        state = init(jax.random.PRNGKey(rt.config.seed))
+    # A task built on a pretrained network (stage 2 on stage 1) fills it in here.
+    load = getattr(rt.task, "load_pretrained", None)
+    return state if load is None else load(state, rt)
 
 
 def compile_train_step(rt: Runtime) -> Callable:
