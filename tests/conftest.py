@@ -30,6 +30,17 @@ def mini_data_dir(tmp_path_factory):
     return data_dir
 
 
+def override(config, overrides: dict):
+    """Sets dotted keys ('model.codebook_size') of a ConfigDict, as --config.* flags do."""
+    for key, value in overrides.items():
+        target = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    return config
+
+
 def tiny_overrides(data_dir: str) -> dict:
     """The CLI/loop tests' shrunken `tiny` preset: 32² images, GAN on from step 0."""
     return {

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import NERF_TINY_OVERRIDES, tiny_overrides
+from conftest import NERF_TINY_OVERRIDES, override, tiny_overrides
 
 from configs import vit_vqgan, vq3d_stage1
 from vq3d_jax.tasks import get_task
@@ -14,13 +14,7 @@ from vq3d_jax.train.checkpoint import Checkpointer, CheckpointShapeError
 
 def _config(stage1=False, **mesh):
     config = (vq3d_stage1 if stage1 else vit_vqgan).get_config("tiny")
-    overrides = {**tiny_overrides(""), **(NERF_TINY_OVERRIDES if stage1 else {})}
-    for key, value in overrides.items():
-        target = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = value
+    override(config, {**tiny_overrides(""), **(NERF_TINY_OVERRIDES if stage1 else {})})
     config.mesh.update(mesh)
     return config
 

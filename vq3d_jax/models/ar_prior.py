@@ -30,8 +30,10 @@ Dtype = Any
 
 ACT_LOGITS = ("activation_batch", "activation_length", "activation_vocab")
 
-# depth / width / heads; the MLP is 4× the width. base and large are ViT-VQGAN's
-# stage-2 transformers (SPECS.md: ~650M and ~1.7B parameters).
+# depth / width / heads; the MLP is 4× the width. base and large are the stage-2
+# sizes SPECS.md gives for ViT-VQGAN (24L/1024/16 heads, 36L/1536/24 heads). These
+# dims make 321M and 1.05B parameters (vocab 8192, 1024 codes), not the ~650M and
+# ~1.7B SPECS.md quotes beside them (marked unverified): we keep the stated dims.
 PRESETS: dict[str, tuple[int, int, int]] = {
     "tiny": (2, 64, 2),
     "small": (12, 512, 8),
@@ -127,7 +129,7 @@ def build(dims: dict, *, vocab_size: int, num_classes: int, length: int, dtype: 
 def init_cache(model: ARPrior, batch: int, length: int) -> list[dict]:
     """Zero keys/values for `length` positions, one {'key', 'value'} per layer."""
     head_dim = model.width // model.num_heads
-    shape = (batch, length, model.num_heads, head_dim)
+    shape = (batch, model.num_heads, length, head_dim)  # heads-major: see nn/vit.py
     return [{"key": jnp.zeros(shape, model.dtype), "value": jnp.zeros(shape, model.dtype)}
             for _ in range(model.depth)]
 
@@ -135,7 +137,7 @@ def init_cache(model: ARPrior, batch: int, length: int) -> list[dict]:
 def grow_cache(cache: list[dict], length: int) -> list[dict]:
     """Zero-pads every layer's keys/values to `length` positions."""
     def pad(x):
-        return jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, 0), (0, 0)))
+        return jnp.pad(x, ((0, 0), (0, 0), (0, length - x.shape[2]), (0, 0)))
 
     return jax.tree.map(pad, cache)
 

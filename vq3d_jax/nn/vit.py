@@ -26,6 +26,8 @@ Dtype = Any
 ACT_EMBED = ("activation_batch", "activation_length", "activation_embed")
 ACT_MLP = ("activation_batch", "activation_length", "activation_mlp")
 ACT_HEADS = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+# Decoding caches of keys/values: heads-major [batch, heads, length, head_dim].
+ACT_CACHE = ("activation_batch", "activation_heads", "activation_length", "activation_kv")
 
 
 def partitioned(init_fn: Callable, names: tuple[str | None, ...]) -> Callable:
@@ -111,7 +113,7 @@ class MultiHeadAttention(nn.Module):
     elsewhere.
 
     Incremental decoding (``causal`` only): pass ``cache`` = ``{'key', 'value'}``,
-    each [batch, S, heads, head_dim], and ``index``, the position of the first
+    each [batch, heads, S, head_dim], and ``index``, the position of the first
     of x's T tokens. Their keys and values are written at ``index..index+T-1``
     and each attends to every cached position up to its own; the call returns
     ``(y, updated cache)``. S may be shorter than the whole sequence (the
@@ -161,25 +163,38 @@ class MultiHeadAttention(nn.Module):
         else:
             if not self.causal:
                 raise ValueError("A key/value cache only makes sense for causal attention.")
-            cache = {
-                name: nn.with_logical_constraint(
-                    jax.lax.dynamic_update_slice_in_dim(
-                        cache[name], new.astype(cache[name].dtype), index, axis=1),
-                    ACT_HEADS)
-                for name, new in (("key", k), ("value", v))
-            }
-            query_pos = index + jnp.arange(x.shape[1])
-            visible = jnp.arange(cache["key"].shape[1])[None, :] <= query_pos[:, None]
-            # XLA's path: the fused kernels do not take a one-token query with a mask.
-            y = jax.nn.dot_product_attention(
-                q, cache["key"].astype(self.dtype), cache["value"].astype(self.dtype),
-                mask=visible[None, None], implementation="xla")
+            y, cache = self._cached_attention(q, k, v, cache, index)
         y = nn.with_logical_constraint(y, ACT_HEADS)
         w = param("out_kernel", out_init, ("heads", "kv", "embed"),
                   (self.num_heads, head_dim, width))
         b = param("out_bias", nn.initializers.zeros, ("embed",), (width,))
         out = jnp.einsum("bthk,hkd->btd", y, w) + b
         return out if cache is None else (out, cache)
+
+    def _cached_attention(self, q, k, v, cache: dict, index):
+        """Writes k, v [B, T, H, K] at `index` into the heads-major cache, attends q to it.
+
+        Heads-major [B, H, S, K] puts the batched-matmul dims first, so the step reads
+        the cache as it lies (token-major needed a transpose of the whole cache per
+        step). Written out, not `dot_product_attention`: the fused kernels take no
+        one-token query with a mask.
+        """
+        cache = {
+            name: nn.with_logical_constraint(
+                jax.lax.dynamic_update_slice_in_dim(
+                    cache[name], new.transpose(0, 2, 1, 3).astype(cache[name].dtype), index,
+                    axis=2),
+                ACT_CACHE)
+            for name, new in (("key", k), ("value", v))
+        }
+        query_pos = index + jnp.arange(q.shape[1])
+        visible = jnp.arange(cache["key"].shape[2])[None, :] <= query_pos[:, None]  # [T, S]
+        logits = jnp.einsum("bthk,bhsk->bhts", q, cache["key"].astype(q.dtype),
+                            preferred_element_type=jnp.float32) / np.sqrt(q.shape[-1])
+        logits = jnp.where(visible, logits, jnp.finfo(jnp.float32).min)
+        weights = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
+        y = jnp.einsum("bhts,bhsk->bthk", weights, cache["value"].astype(q.dtype))
+        return y, cache
 
 
 class TransformerBlock(nn.Module):

@@ -133,10 +133,12 @@ class VQ3DStage2Task:
         params = {PRIOR: self.prior.init(prior_rng, codes, jnp.zeros((1,), jnp.int32))["params"]}
         model_state = {}
         if self.stage1 is not None:
-            # Placeholder of the right shape and sharding; `load_pretrained` fills it.
+            # Zeros of the right shapes and logical axes; `load_pretrained` fills them
+            # (zeros, not a random init: that would compile the stage-1 init for nothing).
             size = int(self.config.data.image_size)
             images = jnp.zeros((1, size, size, 3), jnp.float32)
-            model_state[STAGE1] = self.stage1.init_generator(stage1_rng, images)
+            shapes = jax.eval_shape(self.stage1.init_generator, stage1_rng, images)
+            model_state[STAGE1] = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,

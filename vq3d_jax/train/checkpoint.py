@@ -23,6 +23,14 @@ from absl import logging
 STATE = "state"
 DATA_ITER = "data_iter"
 
+# Orbax's default array handler splits the writing of replicated arrays across their
+# replicas, which compiles a slicing program per array shape at a process's first save:
+# 11 s for 200 small replicated arrays on 8 CPU devices, 0.6 s without. Large states
+# here are fsdp-sharded, and every shard is written by the process that holds it anyway.
+ocp.type_handlers.register_type_handler(
+    jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True
+)
+
 
 def _path_name(path) -> str:
     """'opt_state/generator/0/mu/w': the same for attribute, dict and index keys.
