@@ -30,6 +30,20 @@ def mini_data_dir(tmp_path_factory):
     return data_dir
 
 
+@pytest.fixture(scope="session")
+def stage1_workdir(tmp_path_factory, mini_data_dir):
+    """A tiny stage-1 run of random parameters (`loop.write_random_run`): any parameters
+    serve to compare encodings and to exercise decoding."""
+    from configs import vq3d_stage1
+    from vq3d_jax.tasks import get_task
+    from vq3d_jax.train import loop
+
+    workdir = tmp_path_factory.mktemp("stage1")
+    config = override(vq3d_stage1.get_config("tiny"), stage1_overrides(mini_data_dir))
+    loop.write_random_run(get_task(config), config, str(workdir))
+    return workdir
+
+
 def override(config, overrides: dict):
     """Sets dotted keys ('model.codebook_size') of a ConfigDict, as --config.* flags do."""
     for key, value in overrides.items():

@@ -8,13 +8,12 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import override, stage1_overrides
+from conftest import override
 from PIL import Image
 
 from configs import vq3d_stage1, vq3d_stage2
 from vq3d_jax.tasks import get_task
 from vq3d_jax.train import loop, sharding
-from vq3d_jax.train.checkpoint import Checkpointer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB, LENGTH = 64, 16
@@ -80,20 +79,6 @@ def test_missing_or_mismatched_stage1_runs_are_clear_errors(tmp_path):
     config.prior.vocab_size = 7
     with pytest.raises(ValueError, match="vocab_size=7, but stage 1 has 512"):
         get_task(config)
-
-
-@pytest.fixture(scope="module")
-def stage1_workdir(tmp_path_factory, mini_data_dir):
-    """A randomly initialised tiny stage-1 run: config.json and a step-0 checkpoint."""
-    workdir = tmp_path_factory.mktemp("stage1")
-    config = override(vq3d_stage1.get_config("tiny"), stage1_overrides(mini_data_dir))
-    config.mesh.update(data=2, fsdp=4)  # the CLI tests' mesh: its init compile is cached
-    (workdir / "config.json").write_text(config.to_json_best_effort())
-    rt = loop.build_runtime(get_task(config), config)
-    ckpt = Checkpointer(str(workdir / "checkpoints"), keep=1, save_every=1)
-    ckpt.save(0, loop.init_state(rt))
-    ckpt.close()
-    return workdir
 
 
 def _cli(workdir, stage1_dir, data_dir, mode):

@@ -24,6 +24,10 @@ of a monocular disparity, known up to scale and shift), and when it also has cam
 ``cam_to_world`` [4, 4] (OpenCV frame); with ``with_novel_views``: ``novel_image``
 [K, S, S, 3], ``novel_depth`` [K, S, S], ``novel_intrinsics`` [K, 3, 3],
 ``novel_cam_to_world`` [K, 4, 4], ``novel_yaw_pitch`` [K, 2] (radians).
+
+With ``data.codes_dir`` set (VQ3D stage 2), training reads its split from that
+precomputed codes dataset (``vq3d_jax/tools/precompute_codes.py``) instead, and each
+example is ``codes`` int32 [L] and ``label`` int32; evaluation still reads images.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
+from etils import epath
 from PIL import Image
 
 from vq3d_jax.datasets import synthetic_scenes
@@ -151,6 +156,54 @@ def open_source(cfg: Any, split: str) -> Sequence[dict]:
     return tfds.data_source(
         name, split=split, data_dir=data_dir, decoders=_skip_image_decoding(features)
     )
+
+
+CODES_FORMAT = "vq3d_codes"  # metadata["format"] of a tools/precompute_codes.py dataset
+
+
+def open_codes_source(
+    codes_dir: str,
+    split: str,
+    *,
+    length: int | None = None,
+    vocab_size: int | None = None,
+    image_size: int | None = None,
+) -> tuple[Sequence[dict], dict]:
+    """A precomputed codes dataset's split (records ``id``, ``codes``, ``label``) and its
+    metadata, after checking that it fits: the codes' length, the vocabulary and the
+    image size must equal the given values (those not None). Mismatches raise ValueError.
+    """
+    info_file = epath.Path(codes_dir) / "dataset_info.json"
+    if not info_file.exists():
+        raise FileNotFoundError(
+            f"data.codes_dir={codes_dir!r} is not a TFDS dataset folder (no {info_file.name}):"
+            " write one with `python -m vq3d_jax.main --mode=codes --config=... "
+            "--output_dir=DIR`, or leave data.codes_dir empty to encode images on the fly."
+        )
+    builder = tfds.builder_from_directory(codes_dir)
+    meta = dict(builder.info.metadata or {})
+    features = builder.info.features
+    if meta.get("format") != CODES_FORMAT or "codes" not in features:
+        raise ValueError(f"data.codes_dir={codes_dir!r} is not a dataset of stage-1 codes "
+                         "(tools/precompute_codes.py writes those).")
+    stored = {"length": int(features["codes"].shape[0]),
+              "vocab_size": int(meta["vocab_size"]), "image_size": int(meta["image_size"])}
+    wanted = {"length": length, "vocab_size": vocab_size, "image_size": image_size}
+    wrong = {k: (stored[k], v) for k, v in wanted.items() if v is not None and v != stored[k]}
+    if wrong:
+        raise ValueError(
+            f"The codes in data.codes_dir={codes_dir!r} do not fit this model: "
+            + ", ".join(f"{k} {a} (stored) != {b} (model)" for k, (a, b) in wrong.items())
+            + f". They come from the stage-1 run {meta.get('stage1_workdir')} at step "
+            f"{meta.get('stage1_step')}; precompute codes with this run's stage 1."
+        )
+    if split not in builder.info.splits:
+        raise ValueError(f"data.codes_dir={codes_dir!r} has splits "
+                         f"{sorted(builder.info.splits)}, not {split!r}.")
+    logging.info("codes: %s/%s from stage 1 %s step %s (%d codes of %d)", codes_dir, split,
+                 meta.get("stage1_workdir"), meta.get("stage1_step"), stored["length"],
+                 stored["vocab_size"])
+    return builder.as_data_source(split=split), meta
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -293,6 +346,17 @@ def _train_map(record: dict, rng: np.random.Generator, *, opts: _Options):
     return _safe_preprocess(record, opts, flip)
 
 
+def _codes_map(record: dict, *, vocab_size: int | None) -> dict | _BadRecord:
+    """A codes record → ``codes`` int32 [L], ``label`` int32; out-of-vocabulary: a skip."""
+    codes = np.asarray(record["codes"])
+    if codes.ndim != 1 or (codes.size and (codes.min() < 0 or (
+            vocab_size is not None and codes.max() >= vocab_size))):
+        reason = f"codes of shape {codes.shape} outside [0, {vocab_size})"
+        logging.warning("Skipping a bad record: %s", reason)
+        return _BadRecord(reason)
+    return {"codes": codes.astype(np.int32), "label": np.int32(record.get("label", 0))}
+
+
 # --------------------------------------------------------------------------- bad records
 
 
@@ -379,6 +443,8 @@ def create_train_iterator(
     process_index: int | None = None,
     process_count: int | None = None,
     source: Sequence[dict] | None = None,
+    codes_length: int | None = None,
+    codes_vocab_size: int | None = None,
 ) -> grain.DatasetIterator:
     """An endless, checkpointable iterator of this process's training batches.
 
@@ -389,23 +455,41 @@ def create_train_iterator(
       process_index, process_count: this process's shard; default from jax.
       source: a random-access source of raw records (as TFDS returns them with image
         decoding skipped); default ``tfds.data_source(data.name, data.train_split)``.
+        With ``data.codes_dir``, records of codes (``codes``, ``label``).
+      codes_length, codes_vocab_size: with ``data.codes_dir``, what the model expects:
+        a codes dataset of another length or vocabulary is an error (checked when
+        given); ``data.image_size`` must equal the codes' image size.
 
     Returns:
       A grain DatasetIterator of dicts of numpy arrays with leading dim
       global_batch_size // process_count, plus ``num_skipped`` (int64 scalar: bad
       records skipped since the start of the run). ``get_state()``/``set_state()``
-      resume exactly, the skip count included.
+      resume exactly, the skip count included. With ``data.codes_dir``: ``codes``
+      int32 [B, L] and ``label`` int32 [B] (no images).
     """
     dcfg = _data_config(cfg)
     index, count = _process_shard(process_index, process_count)
     local = _local_batch_size(global_batch_size, count)
-    if source is None:
-        source = open_source(dcfg, _get(dcfg, "train_split", "train"))
+    codes_dir = _get(dcfg, "codes_dir", "")
+    split = _get(dcfg, "train_split", "train")
+    if codes_dir:
+        vocab = codes_vocab_size
+        if source is None:
+            source, meta = open_codes_source(
+                codes_dir, split, length=codes_length, vocab_size=codes_vocab_size,
+                image_size=int(_get(dcfg, "image_size", 64)))
+            vocab = int(meta["vocab_size"])
+        example_map = functools.partial(_codes_map, vocab_size=vocab)
+    else:
+        if source is None:
+            source = open_source(dcfg, split)
+        opts = _options(dcfg, train=True)
+        example_map = functools.partial(_train_map, opts=opts)
     if len(source) == 0:
         raise ValueError("The training source is empty.")
-    opts = _options(dcfg, train=True)
     ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
-    ds = ds[index::count].random_map(functools.partial(_train_map, opts=opts))
+    ds = ds[index::count]
+    ds = ds.map(example_map) if codes_dir else ds.random_map(example_map)
     it = _SkipBadRecords(ds.to_iter_dataset(_read_options(dcfg)))
     it = _maybe_prefetch(it.batch(local, drop_remainder=True), dcfg)
     return iter(_CountSkipped(it))

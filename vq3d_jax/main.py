@@ -1,7 +1,11 @@
 r"""Command line: train, evaluate or sample a model from a config.
 
   python -m vq3d_jax.main --config=configs/vq3d_stage1.py:tiny --workdir=DIR \
-      [--mode=train|eval|sample|render] [--config.key=value ...]
+      [--mode=train|eval|sample|render|codes] [--config.key=value ...]
+
+--mode=codes (VQ3D stage 2) encodes data.name's --splits with the frozen stage-1
+encoder into a dataset of codes (default WORKDIR/codes) that training then reads
+with --config.data.codes_dir.
 
 --mode=render (NeRF decoders) writes, per image of --images (a folder) or of the
 eval split, a reconstruction, a colour-mapped depth map, an orbit video and,
@@ -24,13 +28,17 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and samples go here.")
 _MODE = flags.DEFINE_enum(
-    "mode", "train", ["train", "eval", "sample", "render"], "What to run."
+    "mode", "train", ["train", "eval", "sample", "render", "codes"], "What to run."
 )
 _IMAGES = flags.DEFINE_string(
     "images", None, "--mode=render: a folder of PNG/JPEG images (default: the eval split)."
 )
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 8, "--mode=render: images of the eval split.")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "--mode=render: where files go.")
+_OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", None, "--mode=render / codes: where files go (default under --workdir)."
+)
+_SPLITS = flags.DEFINE_list("splits", ["train", "validation"], "--mode=codes: splits to encode.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "--mode=codes: replace --output_dir.")
 _VIDEO = flags.DEFINE_enum("video", "gif", ["gif", "mp4"], "--mode=render: orbit format.")
 _MESH = flags.DEFINE_bool("mesh", False, "--mode=render: also write a .ply mesh.")
 _MESH_RESOLUTION = flags.DEFINE_integer("mesh_resolution", 64, "Density grid per axis.")
@@ -97,6 +105,15 @@ def main(argv) -> None:
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
             f.write(config.to_json_best_effort(indent=2))
     _prepare_data(config)
+    if _MODE.value == "codes":
+        from vq3d_jax.tools import precompute_codes
+
+        output_dir = _OUTPUT_DIR.value or os.path.join(workdir, "codes")
+        try:
+            precompute_codes.run(config, output_dir, _SPLITS.value, overwrite=_OVERWRITE.value)
+        except FileExistsError as err:
+            sys.exit(f"FATAL: {err}")
+        return
 
     task = get_task(config)
     runtime = loop.build_runtime(task, config)
@@ -119,8 +136,12 @@ def main(argv) -> None:
         # Held-out novel views are for eval only; training never reads them.
         train_data = config.data.copy_and_resolve_references()
         train_data.with_novel_views = False
+        codes_checks = {}
+        if config.data.get("codes_dir"):  # precomputed codes must fit the prior
+            codes_checks = {"codes_length": task.length, "codes_vocab_size": task.vocab_size}
         train_iter = input_pipeline.create_train_iterator(
-            train_data, global_batch_size=config.global_batch_size, seed=config.seed
+            train_data, global_batch_size=config.global_batch_size, seed=config.seed,
+            **codes_checks,
         )
         loop.train(runtime, workdir, train_iter, make_eval_iter, fid)
     else:

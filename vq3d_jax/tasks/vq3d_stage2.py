@@ -6,7 +6,7 @@ generator, which is copied into this run's state (`model_state['stage1']`) when
 training starts, so stage-2 checkpoints are self-contained.
 
 - Train: codes come precomputed (batches with `codes`, from a dataset written by
-  `tools/precompute_codes.py`) or from images through the frozen encoder.
+  `python -m vq3d_jax.main --mode=codes`) or from images through the frozen encoder.
   Loss: cross-entropy of the next code (logged as bits/token); labels are
   replaced by the null class with probability `prior.class_dropout`.
 - Eval: bits/token of the eval split's codes; FID/KID/IS of *samples* drawn with
@@ -174,6 +174,7 @@ class VQ3DStage2Task:
         if restored is None:
             raise FileNotFoundError(f"No stage-1 checkpoint under {directory}.")
         stage1_state, step = restored
+        self.stage1_step = step  # recorded with precomputed codes
         logging.info("stage 1: generator of step %d from %s", step, directory)
         generator = jax.device_put(stage1_state.params[GENERATOR],
                                    runtime.state_shardings.model_state[STAGE1])
@@ -188,12 +189,15 @@ class VQ3DStage2Task:
     def codes_of(self, state: TrainState, batch) -> jax.Array:
         """The batch's code sequences [B, L]: precomputed, or encoded by the frozen stage 1."""
         if "codes" in batch:
+            if batch["codes"].shape[1:] != (self.length,):
+                raise ValueError(f"Codes of shape {batch['codes'].shape[1:]}; the prior "
+                                 f"models {self.length} codes per image.")
             return batch["codes"].astype(jnp.int32)
         g1 = jax.lax.stop_gradient(self._stage1_params(state))
         return self.stage1.encode_codes(g1, images_to_float(batch["image"]))
 
     def encode_step(self, state: TrainState, batch) -> dict:
-        """What `tools/precompute_codes.py` stores per image: codes and label."""
+        """What `--mode=codes` (tools/precompute_codes.py) stores per image: codes, label."""
         return {"codes": self.codes_of(state, batch), "label": batch["label"]}
 
     def class_labels(self, labels: jax.Array) -> jax.Array:

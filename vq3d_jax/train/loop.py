@@ -286,6 +286,31 @@ def write_samples(rt: Runtime, state, local_batch: dict, writer: MetricWriter, s
     return paths
 
 
+def write_random_run(task, config, workdir: str, *, scale: float = 0.1, seed: int = 0) -> None:
+    """A stand-in run in `workdir`: config.json and a step-0 checkpoint of random params.
+
+    Drawn with numpy in the state's shapes (N(0, scale²) floats, zero integers), so no
+    init is compiled (~40 s for VQ3D stage 1 on a CPU): for tests and benchmarks that
+    need a run to load, not a good model.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+        f.write(config.to_json_best_effort())
+    abstract = nn.meta.unbox(jax.eval_shape(task.init_state, jax.random.PRNGKey(0)))
+    rng = np.random.default_rng(seed)
+
+    def fill(a):
+        if np.issubdtype(a.dtype, np.floating):
+            return (scale * rng.standard_normal(a.shape)).astype(a.dtype)
+        return np.zeros(a.shape, a.dtype)
+
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=1, save_every=1)
+    try:
+        ckpt.save(0, jax.tree.map(fill, abstract))
+    finally:
+        ckpt.close()
+
+
 def restore_for_inference(rt: Runtime, workdir: str) -> tuple[Any, int]:
     """The latest checkpoint's state; an error when there is none (no random-weight metrics)."""
     ckpt = Checkpointer(
