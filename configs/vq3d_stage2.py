@@ -69,7 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         }
     )
     # Images (and labels) for encoding on the fly, eval and FID; codes_dir, when set,
-    # is a dataset of precomputed codes (tools/precompute_codes.py) that training reads.
+    # is a dataset of precomputed codes (--mode=codes) that training reads.
     c.data.update(with_depth=False, with_novel_views=False)
     c.data.codes_dir = ""
 

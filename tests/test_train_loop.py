@@ -226,3 +226,29 @@ def test_eval_mean_masks_padding_and_non_finite_examples(tmp_path):
     results = run_eval(rt, init_state(rt), batches, MetricWriter(str(tmp_path), enabled=False), 0)
     # Mean of the 9 real, finite values (the 0 → NaN one and the padding are left out).
     np.testing.assert_allclose(results["eval/value"], np.mean([1, 2, 3, 5, 6, 7, 8, 9, 10]))
+
+
+def test_a_reader_never_touches_a_live_runs_checkpoints(tmp_path):
+    """Eval/sample/stage 2 open another run's checkpoints read-only: a save in progress
+    there (its *.orbax-checkpoint-tmp folder) survives, and nothing is created."""
+    live = tmp_path / "checkpoints"
+    writer = Checkpointer(str(live), keep=3, save_every=1)
+    writer.save(1, {"w": jnp.arange(4.0)})
+    writer.close()
+    in_progress = live / "2.orbax-checkpoint-tmp"
+    in_progress.mkdir()
+    reader = Checkpointer(str(live), keep=3, save_every=1, read_only=True)
+    restored, step = reader.restore_latest({"w": jax.ShapeDtypeStruct((4,), jnp.float32,
+                                                                      sharding=_replicated())})
+    reader.close()
+    assert step == 1 and in_progress.exists()
+    np.testing.assert_array_equal(restored["w"], np.arange(4.0))
+    absent = tmp_path / "absent"
+    reader = Checkpointer(str(absent), keep=3, save_every=1, read_only=True)
+    assert reader.restore_latest({}) is None and not absent.exists()
+    reader.close()
+
+
+def _replicated():
+    return jax.sharding.NamedSharding(jax.make_mesh((1,), ("x",), devices=jax.devices()[:1]),
+                                      jax.sharding.PartitionSpec())

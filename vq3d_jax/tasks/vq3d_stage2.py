@@ -166,7 +166,7 @@ class VQ3DStage2Task:
         abstract = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
             nn.meta.unbox(boxed), shardings)
-        ckpt = Checkpointer(directory, keep=1_000_000, save_every=1)
+        ckpt = Checkpointer(directory, keep=1, save_every=1, read_only=True)
         try:
             restored = ckpt.restore_latest(abstract)
         finally:

@@ -53,15 +53,20 @@ class CheckpointShapeError(ValueError):
 class Checkpointer:
     """Save every N steps (async), keep the last K, restore the newest readable one."""
 
-    def __init__(self, directory: str, *, keep: int, save_every: int, async_save: bool = True):
+    def __init__(self, directory: str, *, keep: int, save_every: int, async_save: bool = True,
+                 read_only: bool = False):
+        """`read_only`: for reading another run's checkpoints (eval, sample, stage 2 on a
+        stage-1 run) while that run may still be saving: nothing is created or removed."""
         self.directory = os.path.abspath(directory)
         self.save_every = save_every
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
-            create=True,
+            create=not read_only,
             enable_async_checkpointing=async_save,
-            # Unfinished `*.orbax-checkpoint-tmp` folders from a killed save are removed.
-            cleanup_tmp_directories=True,
+            # Unfinished `*.orbax-checkpoint-tmp` folders from a killed save are removed
+            # (never by a reader: the folder may be a live run's save in progress).
+            cleanup_tmp_directories=not read_only,
+            read_only=read_only,
         )
         self._manager = ocp.CheckpointManager(
             self.directory,

@@ -314,7 +314,8 @@ def write_random_run(task, config, workdir: str, *, scale: float = 0.1, seed: in
 def restore_for_inference(rt: Runtime, workdir: str) -> tuple[Any, int]:
     """The latest checkpoint's state; an error when there is none (no random-weight metrics)."""
     ckpt = Checkpointer(
-        os.path.join(workdir, "checkpoints"), keep=rt.config.keep_checkpoints, save_every=1
+        os.path.join(workdir, "checkpoints"), keep=rt.config.keep_checkpoints, save_every=1,
+        read_only=True,
     )
     try:
         restored = ckpt.restore_latest(rt.abstract_state)
