@@ -83,7 +83,7 @@ def test_depth_dataset_reads_back_through_the_pipeline(mini_data_dir):
     for split in ("train", "validation"):
         got = _batch("mini_depth", mini_data_dir, split)
         source = _batch("synthetic_scenes/mini", mini_data_dir, split)
-        assert set(got) == {"image", "label", "depth", "mask", "num_skipped"}  # no camera
+        assert set(got) == {"image", "label", "depth", "index", "mask", "num_skipped"}  # no camera
         assert got["depth"].shape == (N, SIZE, SIZE) and got["depth"].dtype == np.float32
         assert got["mask"].all()
         # The source's crops (PNG is lossless) and labels, in the source's order.
