@@ -22,6 +22,36 @@ def median_seconds(fn, *args, repeats: int) -> float:
     return float(np.median(times))
 
 
+def time_train_steps(rt, state, batch, steps: int, warmup: int = 3) -> dict:
+    """A loop train step on one global batch: compile, warm up, time `steps` (donated state).
+
+    Returns {'state', 'times' (seconds per step), 'compile_s', 'xla_flops' (XLA's
+    cost analysis of the compiled step; 0 when it reports none)}.
+    """
+    import jax
+
+    from vq3d_jax.train import loop
+
+    with rt.scope():
+        start = time.perf_counter()
+        compiled = loop.compile_train_step(rt).lower(state, batch).compile()
+        compile_s = time.perf_counter() - start
+        xla = compiled.cost_analysis()
+        xla = xla[0] if isinstance(xla, list) else xla
+        xla_flops = float(xla.get("flops", 0.0)) if xla else 0.0
+        for _ in range(warmup):
+            state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics)
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            state, metrics = compiled(state, batch)
+            jax.block_until_ready(metrics)
+            times.append(time.perf_counter() - start)
+    return {"state": state, "times": times, "compile_s": compile_s, "xla_flops": xla_flops,
+            "metrics": metrics}
+
+
 def emit(result: dict, out: str = "", indent: int | None = 1) -> None:
     """Prints the benchmark's JSON object and, with `out`, writes it there too."""
     text = json.dumps(result, indent=indent)

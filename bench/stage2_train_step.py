@@ -28,7 +28,6 @@ import copy
 import math
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -37,7 +36,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from bench.common import emit  # noqa: E402
+from bench.common import emit, time_train_steps  # noqa: E402
 from vq3d_jax.models import ar_prior  # noqa: E402
 from vq3d_jax.tasks import get_task  # noqa: E402
 from vq3d_jax.train import loop, sharding  # noqa: E402
@@ -87,24 +86,11 @@ def main(argv):
     }
     state = loop.init_state(rt)
     num_params = sum(math.prod(p.shape) for p in jax.tree.leaves(state.params))
-    step = loop.compile_train_step(rt)
     with rt.scope():
         batch = sharding.global_batch(local, rt.mesh)
-        start = time.perf_counter()
-        compiled = step.lower(state, batch).compile()
-        compile_s = time.perf_counter() - start
-        xla = compiled.cost_analysis()
-        xla = xla[0] if isinstance(xla, list) else xla
-        xla_flops = float(xla.get("flops", 0.0)) if xla else 0.0
-        for _ in range(3):
-            state, metrics = compiled(state, batch)
-        jax.block_until_ready(metrics)
-        times = []
-        for _ in range(_STEPS.value):
-            start = time.perf_counter()
-            state, metrics = compiled(state, batch)
-            jax.block_until_ready(metrics)
-            times.append(time.perf_counter() - start)
+    timed = time_train_steps(rt, state, batch, _STEPS.value)
+    state, times, metrics = timed["state"], timed["times"], timed["metrics"]
+    xla_flops, compile_s = timed["xla_flops"], timed["compile_s"]
     step_time = float(np.median(times))
     devices = jax.device_count()
     per_sequence = ar_prior.analytic_flops_per_sequence(task.dims, length, vocab)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -31,7 +30,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from bench.common import emit  # noqa: E402
+from bench.common import emit, time_train_steps  # noqa: E402
 from vq3d_jax.tasks import get_task  # noqa: E402
 from vq3d_jax.train import loop, sharding  # noqa: E402
 from vq3d_jax.train.flops import count_flops  # noqa: E402
@@ -95,22 +94,11 @@ def main(argv):
         depth[:, : size // 4] = np.inf
         local["depth"] = depth
     state = loop.init_state(rt)
-    step = loop.compile_train_step(rt)
     with rt.scope():
         batch = sharding.global_batch(local, rt.mesh)
-        compiled = step.lower(state, batch).compile()
-        xla = compiled.cost_analysis()
-        xla = xla[0] if isinstance(xla, list) else xla
-        xla_flops = float(xla.get("flops", 0.0)) if xla else 0.0
-        for _ in range(3):
-            state, metrics = compiled(state, batch)
-        jax.block_until_ready(metrics)
-        times = []
-        for _ in range(_STEPS.value):
-            start = time.perf_counter()
-            state, metrics = compiled(state, batch)
-            jax.block_until_ready(metrics)
-            times.append(time.perf_counter() - start)
+    timed = time_train_steps(rt, state, batch, _STEPS.value)
+    state, times, metrics = timed["state"], timed["times"], timed["metrics"]
+    xla_flops, compile_s = timed["xla_flops"], timed["compile_s"]
     step_time = float(np.median(times))
     shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (state, batch))
     flops = model_flops_per_step(config, *shapes)
@@ -127,6 +115,7 @@ def main(argv):
         "dtype": config.model.dtype,
         "attention": config.model.attention_impl or "xla",
         "remat": config.model.remat,
+        "compile_s": compile_s,
         "step_time_s_median": step_time,
         "step_time_s_min": float(np.min(times)),
         "steps_per_s": 1.0 / step_time,
