@@ -52,6 +52,26 @@ def time_train_steps(rt, state, batch, steps: int, warmup: int = 3) -> dict:
             "metrics": metrics}
 
 
+def jaxpr_flops_per_step(config, model_key: str, state_shapes, batch_shapes) -> float:
+    """Matmul FLOPs of the task's train-step jaxpr, traced for the CPU backend.
+
+    A fused attention kernel (cuDNN) is one opaque call in the jaxpr; the same maths
+    through XLA's attention shows its matmuls, so `config[model_key].attention_impl`
+    is cleared for the count.
+    """
+    import copy
+
+    import jax
+
+    from vq3d_jax.tasks import get_task
+    from vq3d_jax.train.flops import count_flops
+
+    config = copy.deepcopy(config)
+    config[model_key].attention_impl = ""
+    with jax.default_device(jax.devices("cpu")[0]):
+        return count_flops(get_task(config).train_step, state_shapes, batch_shapes)
+
+
 def emit(result: dict, out: str = "", indent: int | None = 1) -> None:
     """Prints the benchmark's JSON object and, with `out`, writes it there too."""
     text = json.dumps(result, indent=indent)

@@ -24,7 +24,6 @@ an accelerator.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import sys
@@ -36,11 +35,10 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from bench.common import emit, time_train_steps  # noqa: E402
+from bench.common import emit, jaxpr_flops_per_step, time_train_steps  # noqa: E402
 from vq3d_jax.models import ar_prior  # noqa: E402
 from vq3d_jax.tasks import get_task  # noqa: E402
 from vq3d_jax.train import loop, sharding  # noqa: E402
-from vq3d_jax.train.flops import count_flops  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/vq3d_stage2.py:imagenet256_base")
 _BATCH = flags.DEFINE_integer("batch", 0, "Global batch; 0 = the config's (512 for the "
@@ -54,14 +52,6 @@ _OUT = flags.DEFINE_string("out", "", "Also write the JSON here.")
 DEFAULT_VOCAB, DEFAULT_LENGTH = 8192, 1024  # ImageNet 256², patch 8, codebook 8192
 # Measured here: a large bf16 matmul on the lent H100 (../shared/ENVIRONMENT.md).
 MEASURED_MATMUL_PEAK_H100 = 787e12
-
-
-def jaxpr_flops_per_step(config, state_shapes, batch_shapes) -> float:
-    """Matmul FLOPs of the step's jaxpr with XLA attention, traced for the CPU backend."""
-    config = copy.deepcopy(config)
-    config.prior.attention_impl = ""
-    with jax.default_device(jax.devices("cpu")[0]):
-        return count_flops(get_task(config).train_step, state_shapes, batch_shapes)
 
 
 def main(argv):
@@ -101,7 +91,7 @@ def main(argv):
     jaxpr_flops = None
     if _JAXPR.value:
         shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (state, batch))
-        jaxpr_flops = jaxpr_flops_per_step(config, *shapes)
+        jaxpr_flops = jaxpr_flops_per_step(config, "prior", *shapes)
     device = jax.devices()[0]
     peak = _PEAK.value * 1e12
     achieved = flops / step_time / devices

@@ -19,7 +19,6 @@ accelerator.
 
 from __future__ import annotations
 
-import copy
 import os
 import sys
 
@@ -30,10 +29,9 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from bench.common import emit, time_train_steps  # noqa: E402
+from bench.common import emit, jaxpr_flops_per_step, time_train_steps  # noqa: E402
 from vq3d_jax.tasks import get_task  # noqa: E402
 from vq3d_jax.train import loop, sharding  # noqa: E402
-from vq3d_jax.train.flops import count_flops  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/vit_vqgan.py:imagenet256")
 _BATCH = flags.DEFINE_integer("batch", 0, "Global batch; 0 = the config's.")
@@ -60,18 +58,6 @@ def _peak(device) -> float | None:
         if kind.startswith(name):
             return flops
     return None
-
-
-def model_flops_per_step(config, state_shapes, batch_shapes) -> float:
-    """Jaxpr FLOPs of one train step, traced for the CPU backend.
-
-    A fused attention kernel (cuDNN) is one opaque call in the jaxpr; the same
-    maths through XLA's attention shows its matmuls, so count on that variant.
-    """
-    config = copy.deepcopy(config)
-    config.model.attention_impl = ""
-    with jax.default_device(jax.devices("cpu")[0]):
-        return count_flops(get_task(config).train_step, state_shapes, batch_shapes)
 
 
 def main(argv):
@@ -101,7 +87,7 @@ def main(argv):
     xla_flops, compile_s = timed["xla_flops"], timed["compile_s"]
     step_time = float(np.median(times))
     shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (state, batch))
-    flops = model_flops_per_step(config, *shapes)
+    flops = jaxpr_flops_per_step(config, "model", *shapes)
     device = jax.devices()[0]
     peak = _peak(device)
     result = {
