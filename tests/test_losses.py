@@ -156,6 +156,26 @@ def test_scale_shift_alignment_equals_numpy_least_squares():
     assert float(jnp.max(jnp.abs(grad))) == 0.0
 
 
+def test_scale_shift_alignment_with_large_offset_matches_float64():
+    """Pseudo-disparity far from 0 against its spread (offset/spread 100): the fit in
+    float32 must still match float64 least squares (raw float32 sums were off by 0.5 %)."""
+    from vq3d_jax.losses import align_scale_shift
+
+    rng = np.random.default_rng(1)
+    source = 100.0 + rng.uniform(-1.0, 1.0, (4, 1024))
+    target = 0.37 * source - 30.0 + 0.01 * rng.normal(size=source.shape)
+    scale, shift = align_scale_shift(jnp.asarray(source, jnp.float32),
+                                     jnp.asarray(target, jnp.float32))
+    for i in range(4):
+        design = np.stack([source[i], np.ones(source.shape[1])], axis=1)
+        (a, b), *_ = np.linalg.lstsq(design, target[i], rcond=None)
+        assert float(scale[i]) == pytest.approx(a, rel=1e-4)
+        # The fitted line at the data's centre (what the loss compares) is exact.
+        centre = source[i].mean()
+        assert float(scale[i]) * centre + float(shift[i]) == pytest.approx(a * centre + b,
+                                                                              abs=1e-4)
+
+
 def test_depth_losses_closed_form():
     from vq3d_jax.losses import depth_losses
 

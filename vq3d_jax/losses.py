@@ -69,20 +69,22 @@ def align_scale_shift(
 
     Monocular pseudo-GT depth is known only up to scale and shift (MiDaS/DPT), so
     VQ3D aligns it to the rendered disparity image by image before comparing
-    (VQ3D §3.2). Leading axis = examples; the rest is flattened. Closed form of
-    the 2×2 normal equations; `eps` keeps a constant `source` finite (a → 0).
-    Returns float32 [B] scale and shift.
+    (VQ3D §3.2). Leading axis = examples; the rest is flattened. The normal
+    equations in centred form, a = Σ m·(x − x̄)(y − ȳ) / Σ m·(x − x̄)², b = ȳ − a·x̄:
+    raw sums (n·Σx² − (Σx)²) cancel catastrophically in float32 when the source's
+    offset is large against its spread. `eps` keeps a constant `source` finite
+    (a → 0). Returns float32 [B] scale and shift.
     """
     batch = source.shape[0]
     x = jax.lax.stop_gradient(source).reshape(batch, -1).astype(jnp.float32)
     y = jax.lax.stop_gradient(target).reshape(batch, -1).astype(jnp.float32)
     m = jnp.ones_like(x) if mask is None else mask.reshape(batch, -1).astype(jnp.float32)
-    n = jnp.sum(m, axis=1)
-    sx, sy = jnp.sum(m * x, axis=1), jnp.sum(m * y, axis=1)
-    sxx, sxy = jnp.sum(m * x * x, axis=1), jnp.sum(m * x * y, axis=1)
-    det = n * sxx - sx * sx
-    scale = (n * sxy - sx * sy) / (det + eps)
-    shift = (sy - scale * sx) / jnp.maximum(n, 1.0)
+    n = jnp.maximum(jnp.sum(m, axis=1, keepdims=True), 1.0)
+    x_mean = jnp.sum(m * x, axis=1, keepdims=True) / n
+    y_mean = jnp.sum(m * y, axis=1, keepdims=True) / n
+    dx, dy = x - x_mean, y - y_mean
+    scale = jnp.sum(m * dx * dy, axis=1) / (jnp.sum(m * dx * dx, axis=1) + eps)
+    shift = y_mean[:, 0] - scale * x_mean[:, 0]
     return scale, shift
 
 
