@@ -37,6 +37,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "restart_threshold": 0.01,
             "dtype": "bfloat16",  # compute dtype; params stay float32
             "remat": False,
+            # [choice] Each transformer block starts as the identity (zero-initialised
+            # output projections) and unit code vectors are scaled by √code_dim on their
+            # way into the decoder: at init the tokens then carry their own patch's
+            # content, not a random mix of all patches buried under the positions. Both
+            # cut the slow start that made the tiny autoencoder output one mean image
+            # (bench/results/README.md, stage-1 learning).
+            "zero_init_residual": True,
+            "rescale_codes": True,
             "attention_impl": "",  # '' = XLA; 'cudnn' = fused flash attention on GPU
             # StyleGAN2 residual discriminator (§3.3 uses StyleGAN's D).
             "disc_channel_base": 16384,

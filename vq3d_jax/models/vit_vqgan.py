@@ -71,6 +71,7 @@ class Encoder(nn.Module):
     param_dtype: Dtype = jnp.float32
     remat: bool = False
     attention_impl: str | None = None
+    zero_init_residual: bool = False
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
@@ -91,7 +92,8 @@ class Encoder(nn.Module):
         return Transformer(
             depth=cfg["depth"], width=cfg["width"], num_heads=cfg["heads"],
             mlp_dim=cfg["mlp_dim"], dtype=self.dtype, param_dtype=self.param_dtype,
-            remat=self.remat, attention_impl=self.attention_impl, name="transformer",
+            remat=self.remat, attention_impl=self.attention_impl,
+            zero_init_residual=self.zero_init_residual, name="transformer",
         )(x)
 
 
@@ -108,7 +110,8 @@ def decoder_trunk(decoder: nn.Module, tokens: jax.Array, grid: int) -> jax.Array
     return Transformer(
         depth=cfg["depth"], width=cfg["width"], num_heads=cfg["heads"],
         mlp_dim=cfg["mlp_dim"], dtype=decoder.dtype, param_dtype=decoder.param_dtype,
-        remat=decoder.remat, attention_impl=decoder.attention_impl, name="transformer",
+        remat=decoder.remat, attention_impl=decoder.attention_impl,
+        zero_init_residual=decoder.zero_init_residual, name="transformer",
     )(x)
 
 
@@ -140,6 +143,7 @@ class Decoder2D(nn.Module):
     param_dtype: Dtype = jnp.float32
     remat: bool = False
     attention_impl: str | None = None
+    zero_init_residual: bool = False
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
@@ -180,6 +184,7 @@ class TriplaneDecoder(nn.Module):
     param_dtype: Dtype = jnp.float32
     remat: bool = False
     attention_impl: str | None = None
+    zero_init_residual: bool = False
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
@@ -218,17 +223,21 @@ class VitVQGAN(nn.Module):
     param_dtype: Dtype = jnp.float32
     remat: bool = False
     attention_impl: str | None = None
+    zero_init_residual: bool = False
+    rescale_codes: bool = True
     decoder_head: str = "pixels"
     plane_resolution: int = 256
     plane_channels: int = 32
 
     def setup(self):
         common = {"dtype": self.dtype, "param_dtype": self.param_dtype}
-        vit = {"remat": self.remat, "attention_impl": self.attention_impl}
+        vit = {"remat": self.remat, "attention_impl": self.attention_impl,
+               "zero_init_residual": self.zero_init_residual}
         self.encoder = Encoder(self.encoder_variant, self.patch_size, **vit, **common)
         self.quantizer = FactorizedQuantizer(
             codebook_size=self.codebook_size, code_dim=self.code_dim,
-            width=decode_variant(self.decoder_variant)["width"], beta=self.beta, **common,
+            width=decode_variant(self.decoder_variant)["width"], beta=self.beta,
+            rescale_codes=self.rescale_codes, **common,
         )
         if self.decoder_head == "pixels":
             self.decoder = Decoder2D(

@@ -123,6 +123,12 @@ class FactorizedQuantizer(nn.Module):
       width: width of the features returned (the decoder's width); the input
         width is inferred from the input.
       beta: commitment weight β (0.25).
+      rescale_codes: multiply the unit code vector by √code_dim before the output
+        projection, so the decoder's input has unit-rms elements like its sin-cos
+        positions (rms 1/√2). A unit vector's elements have rms 1/√code_dim, and
+        through a Glorot-initialised projection they arrived ~5× smaller than the
+        positions they are added to: the decoder first learned a position-only mean
+        image (bench/results/README.md, stage-1 learning).
 
     ``__call__(x)`` returns ``(quantized, aux)`` with ``aux`` =
     ``{codes: int32 [...], latents: the unit code-space vectors [..., code_dim],
@@ -134,6 +140,7 @@ class FactorizedQuantizer(nn.Module):
     code_dim: int
     width: int
     beta: float = 0.25
+    rescale_codes: bool = True
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -171,7 +178,7 @@ class FactorizedQuantizer(nn.Module):
         z_q = jnp.take(codebook_n, codes, axis=0)
         loss = vq_loss(z, z_q, self.beta)
         perplexity, usage = code_statistics(codes, self.codebook_size)
-        quantized = self.out_proj(straight_through(z, z_q).astype(self.dtype))
+        quantized = self._project_out(straight_through(z, z_q))
         aux = {
             "codes": codes,
             "latents": z,
@@ -183,5 +190,8 @@ class FactorizedQuantizer(nn.Module):
 
     def lookup(self, codes: jax.Array) -> jax.Array:
         """Integer codes [...] → output features [..., width] (no gradient path to z)."""
-        z_q = jnp.take(self.normalized_codebook(), codes, axis=0)
-        return self.out_proj(z_q.astype(self.dtype))
+        return self._project_out(jnp.take(self.normalized_codebook(), codes, axis=0))
+
+    def _project_out(self, unit_codes: jax.Array) -> jax.Array:
+        scale = jnp.sqrt(float(self.code_dim)) if self.rescale_codes else 1.0
+        return self.out_proj((unit_codes * scale).astype(self.dtype))

@@ -79,10 +79,13 @@ class MlpBlock(nn.Module):
     mlp_dim: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    zero_init_output: bool = False  # fc2 starts at 0 (see `TransformerBlock`)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         width = x.shape[-1]
+        out_init = nn.initializers.zeros if self.zero_init_output else (
+            nn.initializers.xavier_uniform())
         x = nn.Dense(
             self.mlp_dim,
             dtype=self.dtype,
@@ -97,7 +100,7 @@ class MlpBlock(nn.Module):
             width,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-            kernel_init=partitioned(nn.initializers.xavier_uniform(), ("mlp", "embed")),
+            kernel_init=partitioned(out_init, ("mlp", "embed")),
             bias_init=partitioned(nn.initializers.normal(1e-6), ("embed",)),
             name="fc2",
         )(x)
@@ -130,6 +133,7 @@ class MultiHeadAttention(nn.Module):
     # None/'xla': XLA's attention; 'cudnn': cuDNN's fused flash kernel (GPU, bf16/fp16).
     attention_impl: str | None = None
     causal: bool = False
+    zero_init_output: bool = False  # the output projection starts at 0 (`TransformerBlock`)
 
     @nn.compact
     def __call__(self, x: jax.Array, cache: dict | None = None, index: jax.Array | None = None):
@@ -145,7 +149,8 @@ class MultiHeadAttention(nn.Module):
 
         # Glorot fans over the flattened (heads, kv) dims, as for a width×width Dense.
         in_init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
-        out_init = nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)
+        out_init = nn.initializers.zeros if self.zero_init_output else (
+            nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2))
 
         def proj(name: str) -> jax.Array:
             w = param(f"{name}_kernel", in_init, ("embed", "heads", "kv"),
@@ -201,7 +206,12 @@ class TransformerBlock(nn.Module):
     """Pre-LN block: x + MHA(LN(x)), then x + MLP(LN(x)).
 
     With a ``cache`` (causal decoding, see `MultiHeadAttention`) returns
-    ``(x, updated cache)``.
+    ``(x, updated cache)``. ``zero_init_residual`` starts both branches' output
+    projections at 0, so the block starts as the identity (SkipInit, De & Smith
+    2020; DiT's adaLN-Zero, Peebles & Xie 2023 §3.2): an autoencoder's tokens
+    then start as their own patch's features instead of a random mix of all of
+    them, which is what made the tiny ViT-VQGAN learn so slowly
+    (bench/results/README.md, stage-1 learning).
     """
 
     num_heads: int
@@ -210,6 +220,7 @@ class TransformerBlock(nn.Module):
     param_dtype: Dtype = jnp.float32
     attention_impl: str | None = None
     causal: bool = False
+    zero_init_residual: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, cache: dict | None = None, index: jax.Array | None = None):
@@ -217,13 +228,14 @@ class TransformerBlock(nn.Module):
         y = layer_norm(self.dtype, self.param_dtype, name="ln_attn")(x)
         y = MultiHeadAttention(self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
                                attention_impl=self.attention_impl, causal=self.causal,
-                               name="attn")(y, cache, index)
+                               zero_init_output=self.zero_init_residual, name="attn")(
+                                   y, cache, index)
         if cache is not None:
             y, cache = y
         x = x + y
         y = layer_norm(self.dtype, self.param_dtype, name="ln_mlp")(x)
         y = MlpBlock(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype,
-                     name="mlp")(y)
+                     zero_init_output=self.zero_init_residual, name="mlp")(y)
         x = nn.with_logical_constraint(x + y, ACT_EMBED)
         return x if cache is None else (x, cache)
 
@@ -243,6 +255,7 @@ class Transformer(nn.Module):
     param_dtype: Dtype = jnp.float32
     attention_impl: str | None = None
     remat: bool = False
+    zero_init_residual: bool = False  # every block starts as the identity (`TransformerBlock`)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -253,5 +266,5 @@ class Transformer(nn.Module):
         for i in range(self.depth):
             x = block_cls(self.num_heads, self.mlp_dim, dtype=self.dtype,
                           param_dtype=self.param_dtype, attention_impl=self.attention_impl,
-                          name=f"block_{i}")(x)
+                          zero_init_residual=self.zero_init_residual, name=f"block_{i}")(x)
         return layer_norm(self.dtype, self.param_dtype, name="ln_final")(x)

@@ -92,6 +92,9 @@ class ViTVQGANTask:
             dtype=dtype,
             remat=m.remat,
             attention_impl=m.attention_impl or None,
+            # Runs saved before these keys existed keep the behaviour they were trained with.
+            zero_init_residual=m.get("zero_init_residual", False),
+            rescale_codes=m.get("rescale_codes", False),
             **self.decoder_head_options(m),
         )
         self.discriminator = ResidualDiscriminator(
