@@ -1,5 +1,5 @@
 """Pure ``jax.numpy`` geometry shared by every head: cameras, contraction, ray sampling,
-volume rendering and tri-plane lookup (no Flax). Conventions: ``cameras`` module docstring.
+volume rendering, tri-plane lookup and depth-based warps (no Flax). Conventions: ``cameras`` module docstring.
 """
 
 from vq3d_jax.geometry.cameras import (
@@ -26,12 +26,15 @@ from vq3d_jax.geometry.sampling import (
     stratified_disparity_samples,
 )
 from vq3d_jax.geometry.triplane import PLANE_AXES, PLANE_NAMES, triplane_features
+from vq3d_jax.geometry.warp import backward_warp, bilinear_sample
 
 __all__ = [
     "WORLD_UP",
     "Camera",
     "PLANE_AXES",
     "PLANE_NAMES",
+    "backward_warp",
+    "bilinear_sample",
     "contract",
     "contract_to_unit",
     "edges_from_samples",
