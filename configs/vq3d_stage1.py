@@ -45,6 +45,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "resolution": 128,
             "fov_deg": 50.0,
             "camera_distance": 6.0,
+            # Degrees above the horizon the canonical camera looks down at the origin from;
+            # the dataset's typical elevation, so that the model's world up is the scene's
+            # (imagenet256: 0, level photos).
+            "camera_elevation_deg": 18.0,
             # At distance 6 and FOV 50° the frustum at the origin spans ±2.8 units: ×0.5
             # puts it at ±0.64 of the plane extent (×1/3: ±0.47, fewer texels for the
             # objects). On tiny (with 64² planes) novel-view PSNR at step 500 went

@@ -112,8 +112,42 @@ def test_eval_renders_the_datasets_novel_cameras_in_the_model_frame():
     # at the scaled distance, where the training orbits put their pivot.
     pivot = _moved(scene.center, c2w_data, task.cam_to_world, scale)
     distance = np.linalg.norm(scene.center - c2w_data[:3, 3])
-    expected = np.asarray(task.cam_to_world)[:3, 3] + [0.0, 0.0, scale * distance]
-    np.testing.assert_allclose(pivot, expected, atol=1e-4)
+    canonical = np.asarray(task.cam_to_world)
+    np.testing.assert_allclose(pivot, canonical[:3, 3] + scale * distance * canonical[:3, 2],
+                               atol=1e-4)
+
+
+def test_yawed_views_keep_the_horizon_level():
+    """The canonical camera looks down at the scene like the dataset's (18°): yawing it
+    about the world's up axis, as training's novel views and the orbits do, moves the
+    horizon neither up nor into a slant; the camera's x axis stays horizontal."""
+    task = get_task(_config())
+    r = task.config.render
+    assert r.camera_elevation_deg == 18.0
+    yaw = np.deg2rad(np.array([-20.0, 0.0, 20.0]))
+    cams = np.asarray(task.orbit_cameras(jnp.full((3, 8, 8), 1.0 / 6.0), jnp.asarray(yaw),
+                                         jnp.zeros(3)))
+    focal, centre = float(task.intrinsics[0, 0]), r.resolution / 2
+    horizon_row = centre - focal * np.tan(np.deg2rad(r.camera_elevation_deg))
+    for cam in cams:
+        assert cam[:3, 0] @ np.asarray(geo.WORLD_UP) == pytest.approx(0.0, abs=1e-6)
+        # Points far away at the camera's height, 15° either side of its heading.
+        heading = np.arctan2(cam[0, 2], cam[2, 2])
+        angles = heading + np.deg2rad(np.array([-15.0, 15.0]))
+        far = cam[:3, 3] + 1e5 * np.stack([np.sin(angles), 0 * angles, np.cos(angles)], -1)
+        uv, _ = geo.project(far, task.intrinsics, cam)
+        np.testing.assert_allclose(np.asarray(uv)[:, 1], horizon_row, atol=1e-2)
+        assert abs(float(uv[0, 0] - uv[1, 0])) > r.resolution / 4  # both in view, apart
+    # The scenes' up axis, carried into the model frame with their cameras, is the model's
+    # up to within the dataset's ±3° elevation jitter (a level canonical camera: 18° off).
+    from vq3d_jax.datasets import raycast
+
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        data_cam = raycast.canonical_camera(raycast.sample_scene(rng), rng)
+        to_model = np.asarray(task.cam_to_world)[:3, :3] @ data_cam[:3, :3].T
+        cosine = (to_model @ raycast.WORLD_UP) @ np.asarray(geo.WORLD_UP)
+        assert np.degrees(np.arccos(min(cosine, 1.0))) <= 3.01
 
 
 @pytest.mark.parametrize("preset", vq3d_stage1.PRESETS)

@@ -19,6 +19,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vq3d_jax import geometry as geo
 from vq3d_jax.nn.vit import partitioned
@@ -68,9 +69,21 @@ class NeRFMLP(nn.Module):
         return density, color
 
 
-def canonical_camera(fov_deg: float, distance: float, size: int) -> tuple[jax.Array, jax.Array]:
-    """Intrinsics and cam-to-world of the canonical view: at (0, 0, −distance), facing +z."""
-    cam_to_world = jnp.eye(4).at[2, 3].set(-distance)
+def canonical_camera(
+    fov_deg: float, distance: float, size: int, elevation_deg: float = 0.0
+) -> tuple[jax.Array, jax.Array]:
+    """Intrinsics and cam-to-world of the canonical view, looking at the origin.
+
+    The camera stands `distance` from the origin, `elevation_deg` above the world's
+    horizontal plane (world up is −y), with no roll: at elevation 0 it sits at
+    (0, 0, −distance) facing +z with the world's axes. A dataset photographed from
+    above (the synthetic scenes: 18°) gets the same elevation, so the model's world
+    up is the scene's: yawing about it keeps the horizon level, and the ground lies
+    along the zx plane.
+    """
+    elevation = np.deg2rad(elevation_deg)
+    eye = distance * np.array([0.0, -np.sin(elevation), -np.cos(elevation)])
+    cam_to_world = geo.look_at(jnp.asarray(eye, jnp.float32), jnp.zeros(3, jnp.float32))
     return geo.intrinsics_from_fov(fov_deg, size, size), cam_to_world
 
 

@@ -99,14 +99,16 @@ class VQ3DStage1Task(ViTVQGANTask):
         )
         self.render_size = int(r.resolution)
         self.intrinsics, self.cam_to_world = canonical_camera(
-            r.fov_deg, r.camera_distance, self.render_size
+            # Runs saved before the key existed were trained with a level camera.
+            r.fov_deg, r.camera_distance, self.render_size, r.get("camera_elevation_deg", 0.0)
         )
         self.eval_keys = ("image",)
         if config.data.with_depth:
             self.eval_keys += ("depth", "cam_to_world")
         if config.data.with_novel_views:
             self.eval_keys += (
-                "novel_image", "novel_intrinsics", "novel_cam_to_world", "novel_yaw_pitch",
+                "intrinsics", "novel_image", "novel_depth", "novel_intrinsics",
+                "novel_cam_to_world", "novel_yaw_pitch",
             )
 
     def discriminators(self) -> dict:
@@ -296,10 +298,35 @@ class VQ3DStage1Task(ViTVQGANTask):
             max_val=2.0,
         ).reshape(b, k)
         large = (jnp.abs(batch["novel_yaw_pitch"][..., 0]) > _LARGE_YAW).astype(jnp.float32)
-        return {
-            "novel_psnr": jnp.mean(per_view, axis=1),
-            "novel_psnr_yaw20": jnp.sum(per_view * large, 1) / jnp.maximum(jnp.sum(large, 1), 1),
-        }
+
+        def summary(name, psnr):  # over all held-out views, and over the ±20° yaw ones
+            return {name: jnp.mean(psnr, axis=1),
+                    f"{name}_yaw20": jnp.sum(psnr * large, 1) / jnp.maximum(jnp.sum(large, 1), 1)}
+
+        copy, warp = self._novel_view_references(batch, truth)
+        return {**summary("novel_psnr", per_view), **summary("novel_psnr_copy", copy),
+                **summary("novel_psnr_warp", warp)}
+
+    def _novel_view_references(self, batch, truth):
+        """PSNR [B, K] of two model-free answers for each held-out view, to place the
+        model's between: the input image itself (the floor: no 3D at all) and the input
+        backward-warped into the view with the view's *true* depth (`geo.backward_warp`;
+        what a perfect geometry with no inpainting would show, occluded pixels included).
+        """
+        images = images_to_float(batch["image"])
+        b, k = truth.shape[:2]
+        flat = lambda x: x.reshape((b * k,) + x.shape[2:])  # noqa: E731
+        copy = losses.psnr(flat(jnp.broadcast_to(images[:, None], truth.shape)), flat(truth))
+
+        def warp(image, intrinsics, c2w, depth, novel_k, novel_c2w):
+            return geo.backward_warp(image, intrinsics, c2w, depth, novel_k, novel_c2w)[0]
+
+        per_view = jax.vmap(warp, in_axes=(None, None, None, 0, 0, 0))
+        warped = jax.vmap(per_view)(
+            images, batch["intrinsics"], batch["cam_to_world"], batch["novel_depth"],
+            batch["novel_intrinsics"], batch["novel_cam_to_world"],
+        )
+        return copy.reshape(b, k), losses.psnr(flat(warped), flat(truth)).reshape(b, k)
 
     def render_outputs(self, state, batch):
         """Per image: reconstruction, colour-mapped depth, and an orbit [T] (uint8)."""
