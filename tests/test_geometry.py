@@ -305,6 +305,29 @@ def test_triplane_matches_bruteforce_reference_batched_and_reductions():
 # --------------------------------------------------------------------------- sampling
 
 
+def test_splat_is_the_adjoint_of_the_lookup_and_lands_on_texel_centres():
+    rng = np.random.default_rng(12)
+    res, channels = 6, 2
+    points = rng.uniform(-1.2, 1.2, (40, 3)).astype(np.float32)  # some clamp at the border
+    features = rng.normal(size=(40, 3, channels)).astype(np.float32)
+    planes = rng.normal(size=(3, res, res, channels)).astype(np.float32)
+    sums, weights = jax.jit(geo.splat_to_triplane, static_argnums=2)(points, features, res)
+    looked_up = g.triplane_features(planes, points)  # [N, 3, C]
+    # <lookup(P, x), f> = <P, splat(x, f)>: the same bilinear weights, transposed.
+    assert float(jnp.sum(looked_up * features)) == pytest.approx(float(jnp.sum(planes * sums)),
+                                                                 rel=1e-5)
+    np.testing.assert_allclose(jnp.sum(weights, axis=(1, 2)), [40.0] * 3, rtol=1e-5)
+    # A point on a texel centre of every plane puts its whole weight there.
+    centre = -1.0 + (2.0 * np.array([1, 4, 2]) + 1.0) / res  # texel indices x=1, y=4, z=2
+    sums, weights = geo.splat_to_triplane(centre[None], np.ones((1, 3, 1)), res)
+    for plane, (a, b) in enumerate(geo.PLANE_AXES):
+        idx = np.array([1, 4, 2])
+        expected = np.zeros((res, res))
+        expected[idx[b], idx[a]] = 1.0  # row from the plane's second axis, column its first
+        np.testing.assert_allclose(weights[plane], expected, atol=1e-6)
+        np.testing.assert_allclose(sums[plane, ..., 0], expected, atol=1e-6)
+
+
 def test_stratified_disparity_samples_bins_sorted_and_infinite_far():
     key = jax.random.PRNGKey(0)
     near = np.array([[0.5], [1.0]])

@@ -1,5 +1,6 @@
 """Pure ``jax.numpy`` geometry shared by every head: cameras, contraction, ray sampling,
-volume rendering, tri-plane lookup and depth-based warps (no Flax). Conventions: ``cameras`` module docstring.
+volume rendering, tri-plane lookup and splatting, depth-based warps (no Flax).
+Conventions: ``cameras`` module docstring.
 """
 
 from vq3d_jax.geometry.cameras import (
@@ -25,7 +26,12 @@ from vq3d_jax.geometry.sampling import (
     sample_pdf,
     stratified_disparity_samples,
 )
-from vq3d_jax.geometry.triplane import PLANE_AXES, PLANE_NAMES, triplane_features
+from vq3d_jax.geometry.triplane import (
+    PLANE_AXES,
+    PLANE_NAMES,
+    splat_to_triplane,
+    triplane_features,
+)
 from vq3d_jax.geometry.warp import backward_warp, bilinear_sample
 
 __all__ = [
@@ -51,6 +57,7 @@ __all__ = [
     "render_rays",
     "rotation_about_axis",
     "sample_pdf",
+    "splat_to_triplane",
     "stratified_disparity_samples",
     "triplane_features",
     "unproject",

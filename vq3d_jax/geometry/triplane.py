@@ -24,23 +24,29 @@ PLANE_AXES = ((0, 1), (1, 2), (2, 0))
 PLANE_NAMES = ("xy", "yz", "zx")
 
 
+def _bilinear_corners(coord, res):
+    """Continuous texel index f = ((x + 1) R - 1) / 2 (centres at integers), border clamp;
+    i0 <= R - 2 keeps i0 + 1 in range, with weight 1 on it at the last texel."""
+    f = jnp.clip(((coord + 1.0) * res - 1.0) * 0.5, 0.0, res - 1.0)
+    i0 = jnp.clip(jnp.floor(f), 0, res - 2).astype(jnp.int32)
+    return i0, f - i0
+
+
+def _plane_coords(points):
+    """Points [N, 3] → each plane's column and row coordinates, [N, 3] each."""
+    pts = points.astype(jnp.promote_types(points.dtype, jnp.float32))
+    cols = jnp.stack([pts[:, a] for a, _ in PLANE_AXES], -1)
+    rows = jnp.stack([pts[:, b] for _, b in PLANE_AXES], -1)
+    return cols, rows
+
+
 def _lookup(planes: jnp.ndarray, points: jnp.ndarray) -> jnp.ndarray:
     """One tri-plane [3, R, R, C], points [N, 3] → bilinear features [N, 3, C]."""
     _, res_v, res_u, channels = planes.shape
     flat = planes.reshape(3 * res_v * res_u, channels)
-    pts = points.astype(jnp.promote_types(points.dtype, jnp.float32))
-    cols = jnp.stack([pts[:, a] for a, _ in PLANE_AXES], -1)  # [N, 3]
-    rows = jnp.stack([pts[:, b] for _, b in PLANE_AXES], -1)
-
-    def corners(coord, res):
-        # Continuous texel index f = ((x + 1) R - 1) / 2 (centres at integers), border clamp;
-        # i0 <= R - 2 keeps i0 + 1 in range, with weight 1 on it at the last texel.
-        f = jnp.clip(((coord + 1.0) * res - 1.0) * 0.5, 0.0, res - 1.0)
-        i0 = jnp.clip(jnp.floor(f), 0, res - 2).astype(jnp.int32)
-        return i0, f - i0
-
-    c0, wc = corners(cols, res_u)
-    r0, wr = corners(rows, res_v)
+    cols, rows = _plane_coords(points)
+    c0, wc = _bilinear_corners(cols, res_u)
+    r0, wr = _bilinear_corners(rows, res_v)
     base = jnp.arange(3, dtype=jnp.int32) * (res_v * res_u) + r0 * res_u + c0  # [N, 3]
     # One gather per corner over the flattened planes.
     f00 = jnp.take(flat, base, axis=0).astype(wc.dtype)  # [N, 3, C]
@@ -51,6 +57,32 @@ def _lookup(planes: jnp.ndarray, points: jnp.ndarray) -> jnp.ndarray:
     top = f00 + (f01 - f00) * wc
     bottom = f10 + (f11 - f10) * wc
     return top + (bottom - top) * wr
+
+
+def splat_to_triplane(points, features, resolution: int):
+    """Bilinear splatting, the adjoint of the lookup: scatters point features into planes.
+
+    ``points`` [N, 3] in [-1, 1]^3, ``features`` [N, 3, C] (one feature per plane) →
+    (``sums`` [3, R, R, C], ``weights`` [3, R, R]): each point adds its feature times its
+    bilinear weight to the four texels it would be looked up from, on each plane, and
+    the weights alone to ``weights`` (so sums / weights is the weighted mean of what
+    landed on a texel). For any planes P, Σ_n ⟨lookup(P, x_n), f_n⟩ = ⟨P, sums⟩.
+    """
+    points, features = jnp.asarray(points), jnp.asarray(features)
+    res, channels = resolution, features.shape[-1]
+    cols, rows = _plane_coords(points)
+    c0, wc = _bilinear_corners(cols, res)
+    r0, wr = _bilinear_corners(rows, res)
+    base = jnp.arange(3, dtype=jnp.int32) * (res * res) + r0 * res + c0  # [N, 3]
+    feats = features.astype(wc.dtype)
+    sums = jnp.zeros((3 * res * res, channels), wc.dtype)
+    totals = jnp.zeros((3 * res * res,), wc.dtype)
+    for offset, weight in ((0, (1 - wr) * (1 - wc)), (1, (1 - wr) * wc),
+                           (res, wr * (1 - wc)), (res + 1, wr * wc)):
+        sums = sums.at[base + offset].add(weight[..., None] * feats)
+        totals = totals.at[base + offset].add(weight)
+    shape = (3, resolution, resolution)
+    return sums.reshape(shape + (channels,)), totals.reshape(shape)
 
 
 def triplane_features(planes, points, reduce: str | None = None) -> jnp.ndarray:
