@@ -88,6 +88,32 @@ def align_scale_shift(
     return scale, shift
 
 
+def disparity_target(
+    pseudo_disparity: jax.Array,
+    reference: jax.Array,
+    mask: jax.Array | None = None,
+    *,
+    align: bool = True,
+) -> jax.Array:
+    """The pseudo-GT disparity [B, R] as a target for `reference` [B, R], stop-gradient:
+    scale/shift-aligned to it per example (`align_scale_shift`, VQ3D §3.2), or as it is
+    (`align=False`, metric depth)."""
+    target = pseudo_disparity.astype(jnp.float32)
+    if align:
+        scale, shift = align_scale_shift(pseudo_disparity, reference, mask)
+        target = scale[:, None] * target + shift[:, None]
+    return jax.lax.stop_gradient(target)
+
+
+def disparity_error(disparity: jax.Array, target: jax.Array,
+                    log_floor: float | None = None) -> jax.Array:
+    """Elementwise |d − d*|, or |log max(d, floor) − log max(d*, floor)| with `log_floor`."""
+    d, t = disparity.astype(jnp.float32), target.astype(jnp.float32)
+    if log_floor is None:
+        return jnp.abs(d - t)
+    return jnp.abs(jnp.log(jnp.maximum(d, log_floor)) - jnp.log(jnp.maximum(t, log_floor)))
+
+
 def depth_losses(
     *,
     weights: jax.Array,
@@ -96,28 +122,28 @@ def depth_losses(
     pseudo_disparity: jax.Array,
     mask: jax.Array | None = None,
     align: bool = True,
+    log_floor: float | None = None,
 ) -> dict[str, jax.Array]:
     """VQ3D's depth supervision against scale/shift-aligned pseudo-GT disparity.
 
     Shapes: `weights`, `sample_disparity` [B, R, S] (per ray, per sample);
     `rendered_disparity`, `pseudo_disparity`, `mask` [B, R]. The pseudo-GT is
     aligned to the rendered disparity (`align_scale_shift`; `align=False` keeps it
-    as it is, for metric depth), then:
-      weighted_pointwise = mean_rays Σᵢ wᵢ·|disp(tᵢ) − (a·d̂ + b)|  (supervises
+    as it is, for metric depth), then with e(d, d*) = |d − d*|:
+      weighted_pointwise = mean_rays Σᵢ wᵢ·e(disp(tᵢ), a·d̂ + b)  (supervises
         every sample's weight, not only the integral — VQ3D §3.2),
-      integrated = mean_rays |disp_rendered − (a·d̂ + b)|.
+      integrated = mean_rays e(disp_rendered, a·d̂ + b).
+    With `log_floor`, e = |log max(d, floor) − log max(d*, floor)| instead: a relative
+    error (what AbsRel scores), so a nearby object's depth counts as much as the
+    near ground's; disparities under the floor (the sky, the far horizon) are alike.
     Returns both float32 scalars and the aligned target (for pictures).
     """
     m = jnp.ones(pseudo_disparity.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
-    target = pseudo_disparity.astype(jnp.float32)
-    if align:
-        scale, shift = align_scale_shift(pseudo_disparity, rendered_disparity, m)
-        target = scale[:, None] * target + shift[:, None]
-    target = jax.lax.stop_gradient(target)
+    target = disparity_target(pseudo_disparity, rendered_disparity, m, align=align)
     count = jnp.maximum(jnp.sum(m), 1.0)
-    per_sample = jnp.abs(sample_disparity.astype(jnp.float32) - target[..., None])
+    per_sample = disparity_error(sample_disparity, target[..., None], log_floor)
     pointwise = jnp.sum(m * jnp.sum(weights.astype(jnp.float32) * per_sample, axis=-1)) / count
-    integrated = jnp.sum(m * jnp.abs(rendered_disparity.astype(jnp.float32) - target)) / count
+    integrated = jnp.sum(m * disparity_error(rendered_disparity, target, log_floor)) / count
     return {"weighted_pointwise": pointwise, "integrated": integrated, "aligned_target": target}
 
 
