@@ -33,6 +33,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         nerf_hidden=64,  # [choice] EG3D's decoder: one softplus layer of 64
         nerf_layers=1,
         nerf_density_bias=-1.0,  # σ = softplus(raw − 1): empty space starts see-through
+        # [choice] How decoder output becomes tri-planes (models/vq3d.py:lift_feature_map):
+        # 'splat' = an image-aligned map of per-pixel features and disparity, splatted at
+        # that depth along the canonical rays; 'tokens' = per-token plane patches, whose
+        # image → plane routing the decoder must learn first (it passed almost no image
+        # content on tiny: bench/results/README.md, stage-1 learning).
+        plane_lift="splat",
     )
     # Rendering [choice]: canonical pinhole camera at (0, 0, −camera_distance) looking
     # down +z at the origin; samples uniform in disparity from `near` to `far` (inf =
@@ -75,8 +81,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # image by least squares (VQ3D §3.2); 'none' compares disparities as they are
         # (only right when the depth is metric in the model's units).
         depth_alignment="scale_shift",
+        # 'disparity': |d − d*| (SPECS.md's form); 'log_disparity': |log d − log d*|, a
+        # relative error like AbsRel's (losses.disparity_error) [choice].
+        depth_space="disparity",
         depth_pointwise=0.5,  # [choice] Σᵢ wᵢ·|disp(tᵢ) − target| ("weighted pointwise")
         depth_integrated=0.5,  # [choice] |rendered disparity − target|
+        depth_lifted=1.0,  # [choice] |the splat's own disparity − target| (plane_lift=splat)
     )
     c.data.with_depth = True
     # Eval renders the dataset's held-out novel cameras (synthetic scenes only).
@@ -89,10 +99,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # stayed at 0.43 over 500 tiny steps with 'scale_shift').
         c.loss.depth_alignment = "none"
         # Rendering dominates on a CPU (~2 µs per sample forward + backward): 8 images,
-        # 32² renders (×2 upsampled) and 12 + 12 samples keep 300 steps near 3 minutes.
+        # 32² renders and 12 + 12 samples keep a step near half a second on two cores.
+        # The images are the 64² scenes downsampled to 32² and rendered at full size: a
+        # 32² render upsampled ×2 capped reconstruction near 25 dB even on memorised
+        # scenes; patch 4 keeps 8×8 = 64 tokens.
         c.global_batch_size = 8
-        c.model.update(plane_resolution=64, plane_channels=16, nerf_hidden=32)
+        c.data.image_size = 32
+        c.model.update(patch_size=4, encoder_variant="mu128", decoder_variant="mu128",
+                       plane_resolution=64, plane_channels=16, nerf_hidden=32)
         c.render.update(resolution=32, num_samples=12, num_importance=12, orbit_frames=12)
+        # A ball of radius 1/0.3 around the pivot holds 64 % of the visible surface (0.5:
+        # 23 %); the rest of the ground runs to the horizon in the contracted shell.
+        c.render.scene_scale = 0.3
+        # [choice] 3e-3 at batch 8 (ViT-VQGAN's 1e-4 is for batch 256 over 500k steps).
+        c.optim.learning_rate = 3e-3
         c.sample_every = 0  # pictures at the end only
     elif preset == "synthetic128":
         c.total_steps = 50_000
@@ -119,4 +139,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif preset == "imagenet256":
         # [choice] render 128² and upsample ×2: a quarter of the rays of a 256² render.
         c.data.update(name="imagenet2012_depth", with_novel_views=False)  # data/README.md
+        c.render.camera_elevation_deg = 0.0  # [choice] photos taken roughly level
     return c

@@ -74,7 +74,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.codes_dir = ""
 
     if preset == "tiny":
-        # On the tiny stage-1 run: 64² synthetic scenes, patch 8 → 64 codes of 512.
+        # On the tiny stage-1 run: 32² synthetic scenes, patch 4 → 64 codes of 512.
+        c.data.image_size = 32
         c.total_steps = 600
         c.global_batch_size = 32
         c.log_every = 20

@@ -80,6 +80,7 @@ def stage1_overrides(data_dir: str) -> dict:
 
 
 NERF_TINY_OVERRIDES = {
+    "model.patch_size": 8,  # 4 × 4 tokens at 32², as the tests' codes expect
     "model.plane_resolution": 16,
     "model.plane_channels": 8,
     "model.nerf_hidden": 16,

@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from vq3d_jax import geometry as geo
 from vq3d_jax.models.vit_vqgan import TriplaneDecoder, VitVQGAN, tokens_to_planes
@@ -84,3 +85,36 @@ def test_vq3d_autoencoder_renders_a_homogeneous_medium_in_closed_form():
     np.testing.assert_allclose(
         out["color"][1], np.broadcast_to(0.5 * expected[..., None], (5, 5, 3)), rtol=1e-4
     )
+
+
+def test_lift_feature_map_puts_each_pixel_at_its_depth_on_its_ray():
+    """Every pixel of the map lands at its own canonical ray's point at 1/disparity: the
+    splat keeps one unit of weight per pixel per plane and the weight-averaged texel
+    position of each plane equals the mean of those points' plane coordinates."""
+    from vq3d_jax.models.vq3d import lift_feature_map
+
+    res, near, scale = 16, 2.5, 0.3
+    k, c2w = canonical_camera(50.0, 6.0, res, elevation_deg=18.0)
+    rng = np.random.default_rng(0)
+    depth = rng.uniform(4.0, 8.0, (res, res))  # inside the uncontracted ball at this scale
+    logits = -np.log(depth / near - 1.0)  # sigmoid(logit) / near = 1 / depth
+    features = np.ones((res, res, 3 * 2), np.float32)
+    feature_map = np.concatenate([features, logits[..., None]], -1).astype(np.float32)
+    planes, disparity = jax.jit(lift_feature_map, static_argnames=("scene_scale", "near"))(
+        feature_map, k, c2w, scene_scale=scale, near=near)
+    np.testing.assert_allclose(disparity, 1.0 / depth, rtol=1e-5)
+    assert planes.shape == (3, res, res, 2)
+    rows, cols = np.meshgrid(np.arange(res) + 0.5, np.arange(res) + 0.5, indexing="ij")
+    points = geo.unproject(np.stack([cols, rows], -1), depth, k, c2w)
+    coords = np.asarray(geo.contract_to_unit(points * scale)).reshape(-1, 3)
+    sums, weights = geo.splat_to_triplane(coords, np.ones((res * res, 3, 1)), res)
+    np.testing.assert_allclose(planes[..., 0], sums[..., 0] / np.maximum(weights, 1.0),
+                               atol=1e-5)
+    centres = -1.0 + (2.0 * np.arange(res) + 1.0) / res
+    for plane, (a, b) in enumerate(geo.PLANE_AXES):
+        w = np.asarray(weights[plane])
+        assert w.sum() == pytest.approx(res * res, rel=1e-5)
+        assert (w * centres[None, :]).sum() / w.sum() == pytest.approx(coords[:, a].mean(),
+                                                                        abs=1e-5)
+        assert (w * centres[:, None]).sum() / w.sum() == pytest.approx(coords[:, b].mean(),
+                                                                        abs=1e-5)

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import override
-from PIL import Image
+from PIL import Image, ImageSequence
 
 from configs import vq3d_stage1, vq3d_stage2
 from vq3d_jax.tasks import get_task
@@ -72,10 +72,10 @@ def test_missing_or_mismatched_stage1_runs_are_clear_errors(tmp_path):
         get_task(config)
     stage1 = vq3d_stage1.get_config("tiny")
     (tmp_path / "config.json").write_text(stage1.to_json_best_effort())
-    config.data.image_size = 32
-    with pytest.raises(ValueError, match="64²"):
-        get_task(config)
     config.data.image_size = 64
+    with pytest.raises(ValueError, match="32²"):
+        get_task(config)
+    config.data.image_size = 32
     config.prior.vocab_size = 7
     with pytest.raises(ValueError, match="vocab_size=7, but stage 1 has 512"):
         get_task(config)
@@ -122,4 +122,7 @@ def test_cli_trains_then_samples_scenes(tmp_path, stage1_workdir, mini_data_dir)
     grid = Image.open(workdir / "samples" / "samples_00000002.png")
     assert grid.size == (3 * 32, 2 * 32)  # 3 samples; images over depth maps
     orbit = Image.open(workdir / "samples" / "orbit_00_00000002.gif")
-    assert orbit.size == (32, 32) and orbit.n_frames == 4  # render.orbit_frames
+    # render.orbit_frames at 12 fps; GIF keeps centiseconds, and merges the durations of
+    # identical consecutive frames (a random stage 1 may render some alike).
+    durations = [frame.info["duration"] for frame in ImageSequence.Iterator(orbit)]
+    assert orbit.size == (32, 32) and sum(durations) == pytest.approx(4 * 1000 / 12, abs=4 * 5)

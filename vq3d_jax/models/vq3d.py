@@ -1,15 +1,18 @@
 """VQ3D stage 1 (arXiv 2302.06833): one image → codes → contracted tri-plane NeRF → views.
 
-The autoencoder is `VitVQGAN(decoder_head="triplane")` (models/vit_vqgan.py):
-image → codes → tri-planes. Here: the NeRF MLP, a separate module whose
-parameters are passed explicitly to `render_view`, so the renderer's
-`lax.map` chunking and the per-image `vmap` stay pure JAX.
+The autoencoder is `VitVQGAN` (models/vit_vqgan.py): image → codes → tri-planes,
+either as per-token plane patches (`decoder_head="triplane"`) or through an
+image-aligned feature map with depth, lifted here (`lift_feature_map`). Here also:
+the NeRF MLP, a separate module whose parameters are passed explicitly to
+`render_view`, so the renderer's `lax.map` chunking and the per-image `vmap` stay
+pure JAX.
 
-Scene frame [choice, SPECS.md]: the canonical camera sits at (0, 0, −distance)
-looking down +z at the origin, axes aligned with the world (OpenCV: +y down).
-World points are contracted (mip-NeRF 360) around the origin, so content near
-the origin gets the tri-plane's full resolution and the unbounded rest
-(ground to the horizon, sky) lives in the contracted shell.
+Scene frame [choice, SPECS.md]: the canonical camera looks at the origin from
+`distance` away, elevated like the dataset's camera (no roll; world up −y, OpenCV
+frame), so the model's world is the scene's. World points are contracted
+(mip-NeRF 360) around the origin, so content near the origin gets the tri-plane's
+full resolution and the unbounded rest (ground to the horizon, sky) lives in the
+contracted shell.
 """
 
 from __future__ import annotations
@@ -87,11 +90,45 @@ def canonical_camera(
     return geo.intrinsics_from_fov(fov_deg, size, size), cam_to_world
 
 
+def lift_feature_map(
+    feature_map: jax.Array,
+    intrinsics: jax.Array,
+    cam_to_world: jax.Array,
+    *,
+    scene_scale: float,
+    near: float,
+) -> tuple[jax.Array, jax.Array]:
+    """One image-aligned map [R, R, 3C + 1] → (tri-planes [3, R, R, C], disparity [R, R]).
+
+    [choice] The decoder predicts, per pixel of the canonical view (at the planes'
+    resolution), a disparity in (0, 1/near) (sigmoid of the last channel; 0 = sky) and
+    C features for each plane; each pixel's point at that depth on its canonical ray is
+    contracted and splatted bilinearly into the xy, yz and zx planes
+    (`geo.splat_to_triplane`); a texel keeps the weighted mean of what landed on it,
+    scaled down where less than one pixel's weight did. Content thus starts where the
+    image says it is, instead of at the texels a token happens to own: with per-token
+    plane patches ('tokens') a pixel's surface point fell on its own token's texels for
+    5 % of pixels on xy and 1 % on yz and zx, and the decoder had to learn that routing
+    before it passed any image content (bench/results/README.md, stage-1 learning).
+    `intrinsics` are the canonical camera's at the map's resolution.
+    """
+    res = feature_map.shape[0]
+    channels = (feature_map.shape[-1] - 1) // 3
+    disparity = jax.nn.sigmoid(feature_map[..., -1].astype(jnp.float32)) / near
+    origins, directions = geo.pixel_rays(intrinsics, cam_to_world, res, res)
+    # Rays have camera z = 1, so the ray parameter is the depth 1/disparity.
+    points = origins + directions / jnp.maximum(disparity, 1e-6)[..., None]
+    coords = geo.contract_to_unit(points * scene_scale).reshape(-1, 3)
+    features = feature_map[..., :-1].astype(jnp.float32).reshape(-1, 3, channels)
+    sums, weights = geo.splat_to_triplane(coords, features, res)
+    return sums / jnp.maximum(weights, 1.0)[..., None], disparity
+
+
 def triplane_field(mlp: NeRFMLP, mlp_params, planes: jax.Array, scene_scale: float = 1.0):
     """World points [..., 3] → (σ [...], colour/features [..., C]) of one image's tri-plane.
 
     Points are scaled to the model's units, contracted into [−1, 1]³
-    (mip-NeRF 360 eq. 10, halved) and looked up on the xy, yz, zx planes;
+    (mip-NeRF 360 eq. 10, halved) and looked up on the xy, yz and zx planes;
     the features are summed (EG3D §4 aggregates the three planes) and decoded
     by the MLP. σ is per world unit: contraction changes where texels sit, not
     the density's units.

@@ -26,7 +26,13 @@ import numpy as np
 from vq3d_jax import geometry as geo
 from vq3d_jax import losses
 from vq3d_jax.models.vit_vqgan import VitVQGAN
-from vq3d_jax.models.vq3d import NeRFMLP, canonical_camera, render_view, triplane_field
+from vq3d_jax.models.vq3d import (
+    NeRFMLP,
+    canonical_camera,
+    lift_feature_map,
+    render_view,
+    triplane_field,
+)
 from vq3d_jax.tasks.vit_vqgan import (
     DISCRIMINATOR,
     GENERATOR,
@@ -40,6 +46,10 @@ from vq3d_jax.visualize import colorize_depth
 NOVEL_DISCRIMINATOR = "novel_discriminator"
 NERF = "nerf"
 DEPTH_ALIGNMENTS = ("scale_shift", "none")
+DEPTH_SPACES = ("disparity", "log_disparity")
+# model.plane_lift → the autoencoder's decoder head: per-pixel features and depth splatted
+# into the planes, or per-token plane patches.
+PLANE_LIFTS = {"splat": "feature_map", "tokens": "triplane"}
 # Held-out views this far off in yaw count towards eval/novel_psnr_yaw20.
 _LARGE_YAW = np.deg2rad(15.0)
 
@@ -77,8 +87,11 @@ class VQ3DStage1Task(ViTVQGANTask):
     decoder_name = "nerf"
 
     def decoder_head_options(self, model_config) -> dict:
+        lift = model_config.get("plane_lift", "tokens")  # runs saved before the key: tokens
+        if lift not in PLANE_LIFTS:
+            raise ValueError(f"model.plane_lift={lift!r}: one of {tuple(PLANE_LIFTS)}.")
         return {
-            "decoder_head": "triplane",
+            "decoder_head": PLANE_LIFTS[lift],
             "plane_resolution": model_config.plane_resolution,
             "plane_channels": model_config.plane_channels,
         }
@@ -127,7 +140,28 @@ class VQ3DStage1Task(ViTVQGANTask):
         return {k: v for k, v in g_params.items() if k != NERF}
 
     def planes(self, g_params, images):
-        return self.autoencoder.apply({"params": self.autoencoder_params(g_params)}, images)
+        """Images in [−1, 1] → (tri-planes [B, 3, R, R, C], quantizer aux); with the splat
+        lift the aux also holds the decoder's own disparity map, `lifted_disparity`."""
+        decoded, aux = self.autoencoder.apply(
+            {"params": self.autoencoder_params(g_params)}, images)
+        planes, disparity = self._lift(decoded)
+        if disparity is not None:
+            aux = {**aux, "lifted_disparity": disparity}
+        return planes, aux
+
+    def _lift(self, decoded):
+        """The decoder's output → (tri-planes, its disparity map or None)."""
+        if self.autoencoder.decoder_head != "feature_map":
+            return decoded, None
+        r = self.config.render
+        size = decoded.shape[1]
+        intrinsics = self.intrinsics * jnp.array([size / self.render_size] * 2 + [1.0])[:, None]
+
+        def lift(feature_map):
+            return lift_feature_map(feature_map, intrinsics, self.cam_to_world,
+                                    scene_scale=r.scene_scale, near=r.near)
+
+        return jax.vmap(lift)(decoded)
 
     def render(self, mlp_params, planes, cam_to_world, rng, *, randomized, intrinsics=None):
         """Renders each image's planes [B, ...] from its camera [B, 4, 4] → maps [B, r, r, ...].
@@ -184,16 +218,20 @@ class VQ3DStage1Task(ViTVQGANTask):
         )
         recon = self.to_image(canonical["color"])
 
-        yaw_rng, pitch_rng = jax.random.split(pose_rng)
-        max_yaw, max_pitch = np.deg2rad(r.novel_yaw_deg), np.deg2rad(r.novel_pitch_deg)
-        cameras = self.orbit_cameras(
-            jax.lax.stop_gradient(canonical["disparity"]),
-            jax.random.uniform(yaw_rng, (b,), minval=-max_yaw, maxval=max_yaw),
-            jax.random.uniform(pitch_rng, (b,), minval=-max_pitch, maxval=max_pitch),
-        )
-        novel = self.to_image(
-            self.render(g_params[NERF], planes, cameras, novel_rng, randomized=True)["color"]
-        )
+        def novel_view():
+            yaw_rng, pitch_rng = jax.random.split(pose_rng)
+            max_yaw, max_pitch = np.deg2rad(r.novel_yaw_deg), np.deg2rad(r.novel_pitch_deg)
+            cameras = self.orbit_cameras(
+                jax.lax.stop_gradient(canonical["disparity"]),
+                jax.random.uniform(yaw_rng, (b,), minval=-max_yaw, maxval=max_yaw),
+                jax.random.uniform(pitch_rng, (b,), minval=-max_pitch, maxval=max_pitch),
+            )
+            maps = self.render(g_params[NERF], planes, cameras, novel_rng, randomized=True)
+            return self.to_image(maps["color"])
+
+        # Only the novel-view D judges this render: before the GANs start it is not drawn
+        # (a third of a tiny step's time).
+        novel = jax.lax.cond(gan_on > 0, novel_view, lambda: jnp.zeros_like(recon))
 
         def adversarial(name, fakes):
             logits = self.discriminator.apply({"params": d_params[name]}, fakes)
@@ -217,6 +255,10 @@ class VQ3DStage1Task(ViTVQGANTask):
             )
             terms["loss/depth_pointwise"] = depth["weighted_pointwise"]
             terms["loss/depth_integrated"] = depth["integrated"]
+            if "lifted_disparity" in aux:
+                lifted = self._lifted_depth_loss(aux["lifted_disparity"], batch["depth"])
+                total = total + cfg.depth_lifted * lifted
+                terms["loss/depth_lifted"] = lifted
         total = total + self._perceptual_term(recon, images, terms)
         return total, ({DISCRIMINATOR: recon, NOVEL_DISCRIMINATOR: novel}, aux, terms)
 
@@ -230,7 +272,30 @@ class VQ3DStage1Task(ViTVQGANTask):
             rendered_disparity=rendered["disparity"].reshape(b, -1),
             pseudo_disparity=pseudo.reshape(b, -1),
             align=self.config.loss.depth_alignment == "scale_shift",
+            log_floor=self._log_floor(),
         )
+
+    def _log_floor(self) -> float | None:
+        """`loss.depth_space='log_disparity'`: disparities below that of 8 camera distances
+        (beyond the scene, where the last renderer sample of a sky ray sits) count alike."""
+        space = self.config.loss.get("depth_space", "disparity")
+        if space not in DEPTH_SPACES:
+            raise ValueError(f"loss.depth_space={space!r}: one of {DEPTH_SPACES}.")
+        if space == "disparity":
+            return None
+        return 1.0 / (8.0 * self.config.render.camera_distance)
+
+    def _lifted_depth_loss(self, disparity, depth):
+        """L1 between the decoder's own disparity map [B, R, R] and the pseudo-GT disparity
+        (resized to it, aligned as for the rendered depth): it teaches the splat where to
+        put things directly, as a 2D depth head learns, instead of only through renders."""
+        b, size = disparity.shape[0], disparity.shape[1]
+        pseudo = resize_maps(disparity_from_depth(depth), size).reshape(b, -1)
+        target = losses.disparity_target(
+            pseudo, disparity.reshape(b, -1),
+            align=self.config.loss.depth_alignment == "scale_shift")
+        return jnp.mean(losses.disparity_error(disparity.reshape(b, -1), target,
+                                               self._log_floor()))
 
     # -- evaluation and pictures -------------------------------------------------------
     def _canonical_view(self, g_params, planes):
@@ -337,9 +402,9 @@ class VQ3DStage1Task(ViTVQGANTask):
 
     def pictures_from_codes(self, g_params, codes):
         """Code indices [B, L] → the scenes they decode to: image, depth, orbit (uint8)."""
-        planes = self.autoencoder.apply({"params": self.autoencoder_params(g_params)}, codes,
-                                        method=VitVQGAN.decode_codes)
-        return self.picture_planes(g_params, planes)
+        decoded = self.autoencoder.apply({"params": self.autoencoder_params(g_params)}, codes,
+                                         method=VitVQGAN.decode_codes)
+        return self.picture_planes(g_params, self._lift(decoded)[0])
 
     def picture_planes(self, g_params, planes):
         """Tri-planes → canonical `image`, colour-mapped `depth` and `orbit` [B, T, ...] (uint8)."""
