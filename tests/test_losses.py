@@ -203,3 +203,35 @@ def test_depth_losses_closed_form():
     np.testing.assert_allclose(raw["aligned_target"], true)
     assert float(raw["weighted_pointwise"]) == pytest.approx(0.25 * 0.4, abs=1e-6)
     assert float(raw["integrated"]) == pytest.approx(0.1, abs=1e-6)
+
+
+def test_log_disparity_depth_losses_match_a_float64_reference():
+    from vq3d_jax.losses import depth_losses
+
+    rng = np.random.default_rng(3)
+    true = rng.uniform(0.0, 0.4, (2, 6))
+    true[0, 0] = 0.0  # a sky ray: below the floor, like any disparity under it
+    sample_disp = rng.uniform(0.0, 0.4, (2, 6, 3))
+    weights = rng.dirichlet(np.ones(3), (2, 6)) * 0.9
+    rendered = np.sum(weights * sample_disp, axis=-1)
+    floor = 1.0 / 48.0
+    out = depth_losses(
+        weights=jnp.asarray(weights, jnp.float32),
+        sample_disparity=jnp.asarray(sample_disp, jnp.float32),
+        rendered_disparity=jnp.asarray(rendered, jnp.float32),
+        pseudo_disparity=jnp.asarray(true, jnp.float32), align=False, log_floor=floor,
+    )
+
+    def log_error(d, t):
+        return np.abs(np.log(np.maximum(d, floor)) - np.log(np.maximum(t, floor)))
+
+    pointwise = np.mean(np.sum(weights * log_error(sample_disp, true[..., None]), axis=-1))
+    assert float(out["weighted_pointwise"]) == pytest.approx(pointwise, rel=1e-5)
+    assert float(out["integrated"]) == pytest.approx(np.mean(log_error(rendered, true)), rel=1e-5)
+    # A relative error: halving every disparity costs log 2 wherever both stay above the floor.
+    half = depth_losses(
+        weights=jnp.ones((1, 2, 1)), sample_disparity=jnp.asarray([[[0.1], [0.3]]]),
+        rendered_disparity=jnp.asarray([[0.1, 0.3]]),
+        pseudo_disparity=jnp.asarray([[0.2, 0.6]]), align=False, log_floor=floor,
+    )
+    assert float(half["integrated"]) == pytest.approx(np.log(2.0), rel=1e-5)
