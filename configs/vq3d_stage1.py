@@ -5,7 +5,7 @@ for tri-planes rendered by a small NeRF MLP (`model.decoder = "nerf"`; "vit2d"
 keeps the 2D decoder). Losses: L2 + VQ + depth + adversarial on the canonical
 view (main D) and on novel views (novel-view D).
 
-Presets: tiny (CPU, minutes, synthetic 64²) | synthetic128 (a GPU run on the
+Presets: tiny (CPU, minutes, synthetic scenes at 32²) | synthetic128 (a GPU run on the
 synthetic scenes) | imagenet256 (paper-sized). Usage:
   --config=configs/vq3d_stage1.py:tiny
 Every value the paper does not publish is tagged [choice] (SPECS.md, VQ3D).
