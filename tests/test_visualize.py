@@ -2,6 +2,7 @@ import os
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -98,8 +99,19 @@ def test_extract_mesh_uses_world_units_per_axis():
 def test_extract_mesh_level_outside_range_is_explained():
     density = np.linspace(0, 1, 8**3).reshape(8, 8, 8)
     bounds = (np.zeros(3), np.ones(3))
-    with pytest.raises(ValueError, match=r"no surface at level 2.*\[0, 1\]"):
+    with pytest.raises(visualize.NoSurfaceError, match=r"no surface at level 2.*\[0, 1\]"):
         visualize.extract_mesh(density, bounds, level=2.0)
+
+
+def test_extract_mesh_takes_a_read_only_grid_as_jax_hands_it_back():
+    # jax.device_get returns read-only arrays; marching_cubes once refused them, and
+    # --mode=render skipped every mesh as if it had no surface.
+    bounds = (np.full(3, -1.0), np.full(3, 1.0))
+    density = np.asarray(jax.device_get(jnp.asarray(
+        0.6 - np.linalg.norm(visualize.grid_points(bounds, 16), axis=-1))))
+    assert not density.flags.writeable
+    verts, faces = visualize.extract_mesh(density, bounds, level=0.0)
+    assert len(faces) > 0 and np.abs(np.linalg.norm(verts, axis=-1) - 0.6).max() < 2.0 / 15
 
 
 # --- write_ply --------------------------------------------------------------------

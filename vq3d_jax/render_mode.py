@@ -107,7 +107,7 @@ def render(rt: loop.Runtime, state, names, images, out_dir: str, *, video_ext: s
                 if fields is not None:
                     try:
                         written.append(_write_mesh(base + ".ply", fields, i, bounds, mesh))
-                    except ValueError as err:  # no surface at this level: skip, say so
+                    except visualize.NoSurfaceError as err:  # skip, say so
                         logging.warning("No mesh for %s: %s", names[index], err)
                         meshes_skipped += 1
                 index += 1

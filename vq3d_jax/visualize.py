@@ -66,6 +66,10 @@ def grid_points(bounds: tuple[np.ndarray, np.ndarray], resolution: int) -> np.nd
     return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).astype(np.float32)
 
 
+class NoSurfaceError(ValueError):
+    """The density grid never crosses the requested level: there is no mesh to extract."""
+
+
 def extract_mesh(
     density: np.ndarray, bounds: tuple[np.ndarray, np.ndarray], level: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -77,13 +81,14 @@ def extract_mesh(
     # Imported here so that training, which never meshes, does not need scikit-image.
     from skimage import measure
 
-    density = np.asarray(density, np.float32)
+    # A copy: arrays fetched from JAX are read-only, and marching_cubes refuses them.
+    density = np.array(density, np.float32)
     if density.ndim != 3 or min(density.shape) < 2:
         raise ValueError(f"density must be a 3-D grid of at least 2³, got {density.shape}.")
     lo, hi = _check_bounds(bounds)
     d_min, d_max = float(density.min()), float(density.max())
     if not d_min < level < d_max:
-        raise ValueError(
+        raise NoSurfaceError(
             f"The grid holds no surface at level {level}: its density spans "
             f"[{d_min:.6g}, {d_max:.6g}]. Pick a level inside that range."
         )
