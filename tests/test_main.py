@@ -98,7 +98,9 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, mini_data_dir):
         assert Image.open(out / f"{name}_reconstruction.png").size == (32, 32)
         assert Image.open(out / f"{name}_depth.png").size == (32, 32)
         assert Image.open(out / f"{name}_orbit.gif").n_frames == 4
-        assert (out / f"{name}.ply").exists() or f"No mesh for {name}" in done.stderr
+        # A mesh, or a skip for the one stated reason (any other error once hid as a skip).
+        assert (out / f"{name}.ply").exists() or (
+            f"No mesh for {name}: The grid holds no surface at level" in done.stderr)
 
 
 def test_sigterm_finishes_the_step_saves_and_exits_zero(tmp_path, mini_data_dir):

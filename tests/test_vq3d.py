@@ -98,7 +98,9 @@ def test_lift_feature_map_puts_each_pixel_at_its_depth_on_its_ray():
     rng = np.random.default_rng(0)
     depth = rng.uniform(4.0, 8.0, (res, res))  # inside the uncontracted ball at this scale
     logits = -np.log(depth / near - 1.0)  # sigmoid(logit) / near = 1 / depth
-    features = np.ones((res, res, 3 * 2), np.float32)
+    # Plane p's channel c carries 1 + p + 10 c, so features routed to the wrong plane show.
+    per_plane = 1.0 + np.arange(3)[:, None] + 10.0 * np.arange(2)[None, :]
+    features = np.broadcast_to(per_plane.reshape(-1), (res, res, 3 * 2)).astype(np.float32)
     feature_map = np.concatenate([features, logits[..., None]], -1).astype(np.float32)
     planes, disparity = jax.jit(lift_feature_map, static_argnames=("scene_scale", "near"))(
         feature_map, k, c2w, scene_scale=scale, near=near)
@@ -108,8 +110,9 @@ def test_lift_feature_map_puts_each_pixel_at_its_depth_on_its_ray():
     points = geo.unproject(np.stack([cols, rows], -1), depth, k, c2w)
     coords = np.asarray(geo.contract_to_unit(points * scale)).reshape(-1, 3)
     sums, weights = geo.splat_to_triplane(coords, np.ones((res * res, 3, 1)), res)
-    np.testing.assert_allclose(planes[..., 0], sums[..., 0] / np.maximum(weights, 1.0),
-                               atol=1e-5)
+    coverage = sums[..., 0] / np.maximum(weights, 1.0)  # [3, R, R]
+    np.testing.assert_allclose(planes, coverage[..., None] * per_plane[:, None, None, :],
+                               rtol=1e-5, atol=1e-5)
     centres = -1.0 + (2.0 * np.arange(res) + 1.0) / res
     for plane, (a, b) in enumerate(geo.PLANE_AXES):
         w = np.asarray(weights[plane])
