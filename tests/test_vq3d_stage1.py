@@ -68,7 +68,8 @@ def test_median_scaled_abs_rel_matches_numpy():
     for b in range(3):
         valid = np.isfinite(true[b])
         s = np.median(true[b][valid]) / np.median(pred[b][valid])
-        ref = np.mean(np.abs(s * pred[b][valid] - true[b][valid]) / true[b][valid])
+        capped = np.minimum(s * pred[b][valid], true[b][valid].max())
+        ref = np.mean(np.abs(capped - true[b][valid]) / true[b][valid])
         assert float(scale[b]) == pytest.approx(s, rel=1e-5)
         assert float(abs_rel[b]) == pytest.approx(ref, rel=1e-4)
     # A prediction right up to scale scores 0; an image with nothing valid is NaN.
@@ -76,6 +77,15 @@ def test_median_scaled_abs_rel_matches_numpy():
     assert float(exact[0]) == pytest.approx(0.0, abs=1e-6)
     empty, _ = losses.median_scaled_abs_rel(jnp.ones((1, 4, 4)), jnp.full((1, 4, 4), jnp.inf))
     assert np.isnan(float(empty[0]))
+    # A ray ending at infinity (the far field) where the truth is the farthest ground
+    # point costs 0 under the cap; where the truth is a quarter of that, (d_max − d) / d = 3.
+    true_row = np.array([[[2.0, 2.0, 4.0, 4.0, 4.0, 8.0]]], np.float32)
+    pred_row = np.array([[[2.0, 2.0, 4.0, 4.0, 4.0, np.inf]]], np.float32)
+    far, s = losses.median_scaled_abs_rel(jnp.asarray(pred_row), jnp.asarray(true_row))
+    assert float(s[0]) == pytest.approx(1.0) and float(far[0]) == pytest.approx(0.0, abs=1e-6)
+    pred_row[0, 0, 1] = np.inf
+    far, _ = losses.median_scaled_abs_rel(jnp.asarray(pred_row), jnp.asarray(true_row))
+    assert float(far[0]) == pytest.approx((8.0 - 2.0) / 2.0 / 6.0, rel=1e-5)
 
 
 def test_disparity_from_depth_maps_sky_and_bad_depth_to_zero():

@@ -150,16 +150,19 @@ def depth_losses(
 def median_scaled_abs_rel(
     pred_depth: jax.Array, true_depth: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-    """AbsRel = mean |s·d̂ − d| / d after per-image median scaling (Eigen et al. 2014 §4.2).
+    """AbsRel = mean |min(s·d̂, d_max) − d| / d, median-scaled per image (Eigen et al. 2014 §4.2).
 
-    s = median(d) / median(d̂) over the valid pixels (finite, positive true and predicted
-    depth; the sky at +inf is left out), the standard treatment of scale-ambiguous
-    depth (Zhou et al. 2017 §4.1). Inputs [B, H, W]; returns AbsRel [B] (NaN for an image
-    with no valid pixel) and s [B].
+    s = median(d) / median(d̂) over the valid pixels (finite, positive true depth and
+    positive predicted depth; the sky at +inf is left out), the standard treatment of
+    scale-ambiguous depth (Zhou et al. 2017 §4.1). Scaled predictions are capped at the
+    image's farthest true depth d_max, as Eigen et al. cap theirs at the dataset's range
+    (80 m on KITTI): a ray that ends on the far field (depth ∞) where the ground runs out
+    to the horizon costs a bounded error instead of an unbounded one. Inputs [B, H, W];
+    returns AbsRel [B] (NaN for an image with no valid pixel) and s [B].
     """
     pred = pred_depth.astype(jnp.float32)
     true = true_depth.astype(jnp.float32)
-    valid = jnp.isfinite(true) & (true > 0) & jnp.isfinite(pred) & (pred > 0)
+    valid = jnp.isfinite(true) & (true > 0) & (pred > 0)
     axes = tuple(range(1, true.ndim))
     nan = jnp.float32(jnp.nan)
     scale = jnp.nanmedian(jnp.where(valid, true, nan), axis=axes) / jnp.nanmedian(
@@ -167,7 +170,9 @@ def median_scaled_abs_rel(
     )
     expand = scale.reshape((-1,) + (1,) * len(axes))
     safe_true = jnp.where(valid, true, 1.0)
-    error = jnp.where(valid, jnp.abs(expand * jnp.where(valid, pred, 1.0) - safe_true), 0.0)
+    cap = jnp.max(jnp.where(valid, true, 0.0), axis=axes, keepdims=True)
+    scaled = jnp.minimum(expand * jnp.where(valid, pred, 1.0), cap)
+    error = jnp.where(valid, jnp.abs(scaled - safe_true), 0.0)
     count = jnp.sum(valid, axis=axes)
     abs_rel = jnp.sum(error / safe_true, axis=axes) / jnp.where(count > 0, count, nan)
     return abs_rel, scale
