@@ -302,6 +302,53 @@ def test_triplane_matches_bruteforce_reference_batched_and_reductions():
         g.triplane_features(planes, points, "max")
 
 
+def _pull_push_reference(values, coverage):
+    """Pull-push in float64 with explicit loops over texels (the recursion of Gortler et al.
+    1996 written out), for one plane [R, R, C]."""
+    res = values.shape[0]
+    if res == 1 or res % 2:
+        total = coverage.sum()
+        parent = (coverage[..., None] * values).sum((0, 1)) / max(total, 1e-12)
+        up = np.broadcast_to(parent, values.shape)
+    else:
+        half = res // 2
+        coarse = np.zeros((half, half, values.shape[-1]))
+        weight = np.zeros((half, half))
+        for i in range(res):
+            for j in range(res):
+                coarse[i // 2, j // 2] += coverage[i, j] * values[i, j]
+                weight[i // 2, j // 2] += coverage[i, j]
+        coarse /= np.maximum(weight, 1e-12)[..., None]
+        filled = _pull_push_reference(coarse, np.minimum(weight, 1.0))
+        up = np.array([[filled[i // 2, j // 2] for j in range(res)] for i in range(res)])
+    return coverage[..., None] * values + (1.0 - coverage[..., None]) * up
+
+
+def test_pull_push_fill_matches_reference_keeps_covered_texels_and_extends_a_lone_one():
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(2, 8, 8, 3))
+    coverage = np.where(rng.uniform(size=(2, 8, 8)) < 0.3, rng.uniform(0.2, 1.0, (2, 8, 8)), 0.0)
+    coverage[:, :2, :2] = 1.0  # a fully observed corner
+    fill = jax.jit(geo.pull_push_fill)
+    filled = np.asarray(fill(values.astype(np.float32), coverage.astype(np.float32)))
+    for p in range(2):
+        np.testing.assert_allclose(filled[p], _pull_push_reference(values[p], coverage[p]),
+                                   rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(filled[:, :2, :2], values[:, :2, :2], rtol=1e-6)
+    # Holes are convex combinations of what was observed, never beyond it.
+    observed = values[coverage > 0]
+    assert filled.min() >= observed.min() - 1e-5 and filled.max() <= observed.max() + 1e-5
+    # One observed texel of a 6 × 6 plane (6 → 3 is odd: the whole-plane mean) fills it all.
+    lone = np.zeros((1, 6, 6))
+    lone[0, 4, 1] = 1.0
+    value = np.full((1, 6, 6, 2), 7.0)
+    value[0, 4, 1] = [2.0, -1.0]
+    np.testing.assert_allclose(fill(value, lone), np.broadcast_to([2.0, -1.0], (1, 6, 6, 2)),
+                               rtol=1e-6)
+    # Nothing observed: zeros, not NaN.
+    assert np.all(np.asarray(fill(value, np.zeros((1, 6, 6)))) == 0.0)
+
+
 # --------------------------------------------------------------------------- sampling
 
 

@@ -29,6 +29,7 @@ from vq3d_jax.geometry.sampling import (
 from vq3d_jax.geometry.triplane import (
     PLANE_AXES,
     PLANE_NAMES,
+    pull_push_fill,
     splat_to_triplane,
     triplane_features,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "orbit",
     "pixel_rays",
     "project",
+    "pull_push_fill",
     "rebase_camera",
     "render_rays",
     "rotation_about_axis",

@@ -94,6 +94,36 @@ def splat_to_triplane(points, features, resolution: int):
     return sums.reshape(shape + (channels,)), totals.reshape(shape)
 
 
+def pull_push_fill(values, coverage):
+    """Fills the uncovered texels of planes from coarser averages (pull-push, Gortler et al.,
+    "The Lumigraph", SIGGRAPH 1996 §3.2).
+
+    ``values`` [P, R, R, C] (e.g. the weighted means a splat left), ``coverage`` [P, R, R]
+    in [0, 1] (how much of a texel was observed). Pull: each 2× coarser level holds the
+    coverage-weighted mean of its 2×2 children and coverage min(Σ children, 1). Push: from
+    the coarsest level down, texel = c·value + (1 − c)·(its parent's filled value), so a
+    covered texel keeps its value and a hole takes the average of the nearest observed
+    texels at the scale where they exist. The coarsest level (1×1, or where R is odd)
+    falls back to the whole plane's coverage-weighted mean; a plane with no coverage at
+    all fills with 0.
+    """
+    values = jnp.asarray(values)
+    coverage = jnp.asarray(coverage, values.dtype)[..., None]
+    res = values.shape[1]
+    if res == 1 or res % 2:
+        total = jnp.sum(coverage, axis=(1, 2), keepdims=True)
+        parent = jnp.sum(coverage * values, axis=(1, 2), keepdims=True) / jnp.maximum(total, 1e-12)
+    else:
+        def pool(x):
+            return x.reshape(x.shape[0], res // 2, 2, res // 2, 2, x.shape[-1]).sum((2, 4))
+
+        weight = pool(coverage)
+        coarse = pool(coverage * values) / jnp.maximum(weight, 1e-12)
+        parent = pull_push_fill(coarse, jnp.minimum(weight, 1.0)[..., 0])
+        parent = jnp.repeat(jnp.repeat(parent, 2, axis=1), 2, axis=2)
+    return coverage * values + (1.0 - coverage) * parent
+
+
 def triplane_features(planes, points, reduce: str | None = None) -> jnp.ndarray:
     """Bilinearly samples the xy, yz and zx planes at points (EG3D §4).
 
