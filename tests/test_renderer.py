@@ -57,3 +57,34 @@ def test_chunked_rendering_equals_unchunked():
     )
     for key in ("color", "depth", "opacity", "weights", "t"):
         np.testing.assert_allclose(chunked[key], whole[key], rtol=1e-6, atol=1e-6, err_msg=key)
+
+
+def sky(directions):
+    return 0.5 * (directions / jnp.linalg.norm(directions, axis=-1, keepdims=True) + 1.0)
+
+
+def sphere_under_sky(points):
+    """The ball in empty space, and a sky colour by direction at (near) infinity."""
+    density, colour = sphere_field(points)
+    far = jnp.linalg.norm(points, axis=-1, keepdims=True) > 1e9
+    return density, jnp.where(far, sky(points), colour)
+
+
+def test_far_backdrop_ends_missed_rays_on_the_sky_in_their_own_direction():
+    origins, directions = _camera_rays()
+    kwargs = dict(near=0.5, far=jnp.inf, num_samples=64, num_importance=64,
+                  background=jnp.zeros(3), far_backdrop=True)
+    render = jax.jit(lambda o, d: geo.render_rays(sphere_under_sky, o, d,
+                                                  jax.random.PRNGKey(0), **kwargs))
+    out = render(origins, directions)
+    # A hit is rendered as without the backdrop; one more sample ends every ray.
+    np.testing.assert_allclose(out["depth_normalized"][4, 4], 3.0, atol=0.03)
+    np.testing.assert_allclose(out["color"][4, 4], COLOUR, atol=2e-3)
+    assert out["t"].shape == (9, 9, 129)
+    # A miss is opaque, at disparity 0, with the sky seen along its direction...
+    np.testing.assert_allclose(out["opacity"][0, 0], 1.0, atol=1e-6)
+    np.testing.assert_allclose(out["disparity"][0, 0], 0.0, atol=1e-9)
+    np.testing.assert_allclose(out["color"][0, 0], sky(directions[0, 0]), atol=1e-5)
+    # ...wherever the camera stands (a sideways step of 0.5 still misses the ball there).
+    moved = render(origins + jnp.asarray([-0.5, 0.0, 0.0]), directions)
+    np.testing.assert_allclose(moved["color"][0, 0], out["color"][0, 0], atol=1e-5)

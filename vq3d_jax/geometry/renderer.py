@@ -7,6 +7,16 @@ then `num_importance` more are drawn from the coarse weights (NeRF §5.2,
 hierarchical sampling with one shared field, as EG3D does) and the union is
 rendered. Rays are processed in chunks of `chunk_size` under `lax.map` so
 memory stays bounded at any image size.
+
+`far_backdrop` (far = ∞ only): one more sample, at infinity and opaque, ends every
+ray; the last stratified bin, disparities (0, s), is cut at half its sample's
+disparity, so the finite samples still reach as far as before and the backdrop
+takes what lies beyond. Every ray then ends on the far field, seen in the ray's own
+direction (a contracted field maps infinity along d to the direction d itself).
+Without it the far field is only looked up at a finite depth (about 60 z-units at
+12 bins), whose contracted position depends on where the camera stands: a camera
+moved sideways sees a near-field copy of the sky, tilted, and a ray whose field is
+empty there ends on nothing (black).
 """
 
 from __future__ import annotations
@@ -28,26 +38,54 @@ from vq3d_jax.geometry.sampling import (
 Field = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
 
 
+# Stands in for t = ∞: finite, so points and gradients stay finite; contract(o + T·d) is
+# the direction d to float32 precision for any origin in the scene.
+FAR_BACKDROP_T = 1e12
+
+
+def _append(values, end):
+    """values [..., K] → [..., K + 1] with `end` last."""
+    return jnp.concatenate([values, jnp.full(values.shape[:-1] + (1,), end, values.dtype)], -1)
+
+
 def _render_chunk(field_fn: Field, origins, directions, rng, *, near, far, num_samples,
-                  num_importance, randomized, background):
+                  num_importance, randomized, background, far_backdrop):
     coarse_rng, fine_rng = jax.random.split(rng)
     n = origins.shape[0]
     # Directions have camera-frame z = 1 (t is z-depth); σ is per metric distance.
     _, ray_length = normalize_directions(directions)
 
+    backdrop = far_backdrop and far == float("inf")
+
     def evaluate(t, edges):
         points = origins[:, None, :] + t[..., None] * directions[:, None, :]
         density, features = field_fn(points)
+        if backdrop:  # the sample at infinity (the largest t) is opaque
+            density = density.at[..., -1].set(jnp.maximum(density[..., -1], 1.0))
         out = volume_render(density, features, edges, background=background,
                             t_samples=t, delta_scale=ray_length)
         return out, t
 
     t, edges = stratified_disparity_samples(coarse_rng, near, far, num_samples, (n,), randomized)
-    out, t = evaluate(t, edges)
-    if num_importance:
-        t_fine = sample_pdf(fine_rng, edges, out["weights"], num_importance, randomized)
-        t = merge_samples(t, t_fine)
-        out, t = evaluate(t, edges_from_samples(t, near, far))
+    if backdrop:
+        # The last bin, disparities (0, s), is split at half its sample's disparity: the
+        # finite samples tile [near, 2·t_last], the backdrop covers the rest to infinity.
+        finite_far = 2.0 * t[..., -1]
+        edges = edges.at[..., -1].set(finite_far)
+        out, _ = evaluate(_append(t, FAR_BACKDROP_T), _append(edges, jnp.inf))
+        if num_importance:
+            t_fine = sample_pdf(fine_rng, edges, out["weights"][..., :-1], num_importance,
+                                randomized)
+            t = merge_samples(t, t_fine)
+            edges = edges_from_samples(t, near, finite_far)
+            out, _ = evaluate(_append(t, FAR_BACKDROP_T), _append(edges, jnp.inf))
+        t = _append(t, FAR_BACKDROP_T)
+    else:
+        out, t = evaluate(t, edges)
+        if num_importance:
+            t_fine = sample_pdf(fine_rng, edges, out["weights"], num_importance, randomized)
+            t = merge_samples(t, t_fine)
+            out, t = evaluate(t, edges_from_samples(t, near, far))
     out["t"] = t
     # Per-sample disparity (0 at infinity) for VQ3D's weighted pointwise depth loss.
     out["sample_disparity"] = 1.0 / t
@@ -67,6 +105,7 @@ def render_rays(
     randomized: bool = True,
     background: jax.Array | None = None,
     chunk_size: int | None = None,
+    far_backdrop: bool = False,
 ) -> dict[str, jax.Array]:
     """Renders rays [..., 3] (directions with camera z = 1) through `field_fn`.
 
@@ -78,7 +117,7 @@ def render_rays(
     o = origins.reshape(-1, 3).astype(jnp.float32)
     d = directions.reshape(-1, 3).astype(jnp.float32)
     kwargs = dict(near=near, far=far, num_samples=num_samples, num_importance=num_importance,
-                  randomized=randomized, background=background)
+                  randomized=randomized, background=background, far_backdrop=far_backdrop)
     n = o.shape[0]
     if not chunk_size or chunk_size >= n:
         out = _render_chunk(field_fn, o, d, rng, **kwargs)
