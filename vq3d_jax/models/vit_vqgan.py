@@ -232,6 +232,9 @@ class VitVQGAN(nn.Module):
     decoder_head: str = "pixels"
     plane_resolution: int = 256
     plane_channels: int = 32
+    # 'feature_map' head: the disparity channel comes from a decoder of its own (same size,
+    # same tokens) instead of sharing the features' trunk.
+    depth_decoder: bool = False
 
     def setup(self):
         common = {"dtype": self.dtype, "param_dtype": self.param_dtype}
@@ -258,13 +261,18 @@ class VitVQGAN(nn.Module):
             # three planes and a disparity logit, which VQ3D lifts into tri-planes
             # (models/vq3d.py:lift_feature_map).
             grid = self.image_size // self.patch_size
-            if self.plane_resolution % grid:
-                raise ValueError(f"plane_resolution {self.plane_resolution} is not a multiple "
-                                 f"of the {grid}×{grid} token grid.")
+            size = self.plane_resolution
+            if size % grid:
+                raise ValueError(f"plane_resolution {size} is not a multiple of the "
+                                 f"{grid}×{grid} token grid.")
             self.decoder = Decoder2D(
-                self.decoder_variant, self.plane_resolution // grid, self.plane_resolution,
-                out_channels=3 * self.plane_channels + 1, **vit, **common,
+                self.decoder_variant, size // grid, size,
+                out_channels=3 * self.plane_channels + (0 if self.depth_decoder else 1),
+                **vit, **common,
             )
+            if self.depth_decoder:
+                self.disparity_decoder = Decoder2D(
+                    self.decoder_variant, size // grid, size, out_channels=1, **vit, **common)
         else:
             raise ValueError(f"decoder_head={self.decoder_head!r}: 'pixels', 'triplane' or "
                              "'feature_map'.")
@@ -273,10 +281,13 @@ class VitVQGAN(nn.Module):
         return self.quantizer(self.encoder(images))
 
     def decode(self, quantized: jax.Array) -> jax.Array:
-        return self.decoder(quantized)
+        decoded = self.decoder(quantized)
+        if self.decoder_head == "feature_map" and self.depth_decoder:
+            decoded = jnp.concatenate([decoded, self.disparity_decoder(quantized)], -1)
+        return decoded
 
     def decode_codes(self, codes: jax.Array) -> jax.Array:
-        return self.decoder(self.quantizer.lookup(codes))
+        return self.decode(self.quantizer.lookup(codes))
 
     def __call__(self, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         quantized, aux = self.encode(images)
