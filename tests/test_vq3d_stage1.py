@@ -173,3 +173,32 @@ def test_every_preset_builds_its_model(preset):
     )[0]
     r = task.config.model.plane_resolution
     assert planes.shape == (1, 3, r, r, task.config.model.plane_channels)
+
+
+def test_a_ray_subset_renders_what_the_whole_view_shows_at_those_pixels():
+    """`render.train_rays`: rendering N chosen pixels gives the full render's values there
+    (deterministic sampling), and the chosen pixels of an image are distinct."""
+    import jax
+
+    task = get_task(_config(**{"render.train_rays": 40}))
+    params = jax.jit(task.init_generator)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    images = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3), minval=-1.0, maxval=1.0)
+    pixels = task.train_pixels(jax.random.key(3), 2)
+    assert pixels.shape == (2, 40)
+    assert all(len(np.unique(np.asarray(p))) == 40 for p in pixels)
+
+    @jax.jit
+    def full_and_subset(params, images, pixels):
+        planes, _ = task.planes(params, images)
+        cameras = task._canonical(2)
+        kwargs = dict(randomized=False)
+        return (task.render(params["nerf"], planes, cameras, jax.random.key(2), **kwargs),
+                task.render(params["nerf"], planes, cameras, jax.random.key(2), pixels=pixels,
+                            **kwargs))
+
+    full, subset = full_and_subset(params, images, pixels)
+    for key in ("color", "disparity", "weights"):
+        flat = np.asarray(full[key]).reshape((2, -1) + full[key].shape[3:])
+        expected = np.take_along_axis(
+            flat, np.asarray(pixels).reshape(pixels.shape + (1,) * (flat.ndim - 2)), axis=1)
+        np.testing.assert_allclose(subset[key], expected, rtol=1e-5, atol=1e-6)

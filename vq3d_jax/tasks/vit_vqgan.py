@@ -160,13 +160,20 @@ class ViTVQGANTask:
         recon, aux = self.autoencoder.apply({"params": g_params}, images)
         recon = recon.astype(jnp.float32)
         l2 = losses.l2_loss(recon, images)
-        g_adv = losses.nonsaturating_generator_loss(
-            self.discriminator.apply({"params": d_params[DISCRIMINATOR]}, recon)
-        )
+        g_adv = self.adversarial_loss(self.discriminator, d_params[DISCRIMINATOR], recon, gan_on)
         total = cfg.l2 * l2 + cfg.vq * aux["vq_loss"] + gan_on * cfg.adversarial * g_adv
         terms = {"loss/l2": l2, "loss/vq": aux["vq_loss"], "loss/g_adv": g_adv}
         total = total + self._perceptual_term(recon, images, terms)
         return total, ({DISCRIMINATOR: recon}, aux, terms)
+
+    @staticmethod
+    def adversarial_loss(disc, d_params, fakes, gan_on):
+        """The generator's non-saturating loss on `fakes`; 0, and no D pass, before the GANs."""
+        def loss():
+            logits = disc.apply({"params": d_params}, fakes)
+            return losses.nonsaturating_generator_loss(logits)
+
+        return jax.lax.cond(gan_on > 0, loss, lambda: jnp.zeros((), jnp.float32))
 
     def _perceptual_term(self, recon, images, terms: dict):
         if self.perceptual is None:
@@ -195,13 +202,24 @@ class ViTVQGANTask:
         metrics = {"loss/total": g_total, **terms}
         for name, disc in self.discriminators().items():
             prefix = "" if name == DISCRIMINATOR else name.removesuffix(DISCRIMINATOR)
-            d_grads, d_metrics = self._discriminator_grads(
-                disc, d_params[name], images, fakes[name], state.step, gan_on, prefix
-            )
-            d_updates, opt_state[name] = self.discriminator_tx.update(
-                d_grads, state.opt_state[name], d_params[name]
-            )
-            params[name] = optax.apply_updates(d_params[name], d_updates)
+
+            def update(name=name, disc=disc, prefix=prefix):
+                d_grads, d_metrics = self._discriminator_grads(
+                    disc, d_params[name], images, fakes[name], state.step, prefix
+                )
+                d_updates, d_opt = self.discriminator_tx.update(
+                    d_grads, state.opt_state[name], d_params[name]
+                )
+                return optax.apply_updates(d_params[name], d_updates), d_opt, d_metrics
+
+            def unchanged(name=name, update=update):
+                # Before the GANs start a discriminator is not run: its parameters and
+                # optimizer state (step count included) wait, its metrics read 0.
+                metrics_shape = jax.eval_shape(update)[2]
+                zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), metrics_shape)
+                return d_params[name], state.opt_state[name], zeros
+
+            params[name], opt_state[name], d_metrics = jax.lax.cond(gan_on > 0, update, unchanged)
             metrics.update(d_metrics)
         new_state = state.replace(
             step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state
@@ -212,13 +230,14 @@ class ViTVQGANTask:
             "vq/codebook_usage": aux["codebook_usage"],
             "vq/dead_codes": (1.0 - aux["codebook_usage"]) * self.config.model.codebook_size,
             "vq/restarted_codes": restarted,
-            "train/psnr": jnp.mean(losses.psnr(fakes[DISCRIMINATOR], images, max_val=2.0)),
             "train/learning_rate": self.generator_lr(state.step),
             "train/grad_norm": optax.tree.norm(g_grads),
         })
+        if "train/psnr" not in metrics:  # a task that renders a ray subset reports its own
+            metrics["train/psnr"] = jnp.mean(losses.psnr(fakes[DISCRIMINATOR], images, max_val=2.0))
         return new_state, metrics
 
-    def _discriminator_grads(self, disc, d_params, reals, fakes, step, gan_on, prefix=""):
+    def _discriminator_grads(self, disc, d_params, reals, fakes, step, prefix=""):
         """∇ of the non-saturating D loss + lazy R1, and its metrics named with `prefix`."""
         cfg = self.config.loss
         fakes = jax.lax.stop_gradient(fakes)
@@ -238,7 +257,7 @@ class ViTVQGANTask:
                 lambda: losses.r1_penalty(lambda x: apply(params, x), reals),
                 lambda: jnp.zeros((), jnp.float32),
             )
-            total = gan_on * (d_loss + r1_due * 0.5 * cfg.r1_gamma * r1_every * r1)
+            total = d_loss + r1_due * 0.5 * cfg.r1_gamma * r1_every * r1
             return total, {
                 f"loss/{prefix}d": d_loss,
                 f"loss/{prefix}r1": r1,

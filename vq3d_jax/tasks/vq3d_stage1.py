@@ -74,6 +74,13 @@ def orbit_strip(orbit: jax.Array) -> jax.Array:
     return orbit.transpose(1, 2, 0, 3, 4).reshape(t, h, n * w, c)
 
 
+def _take_pixels(maps: jax.Array, pixels: jax.Array) -> jax.Array:
+    """Maps [B, H, W, ...] at flat pixel indices [B, N] → [B, N, ...]."""
+    flat = maps.reshape((maps.shape[0], -1) + maps.shape[3:])
+    index = pixels.reshape(pixels.shape + (1,) * (flat.ndim - 2))
+    return jnp.take_along_axis(flat, index, axis=1)
+
+
 def resize_maps(maps: jax.Array, size: int) -> jax.Array:
     """[B, H, W, ...] → [B, size, size, ...]: bilinear, area-averaging when shrinking."""
     if maps.shape[1] == size and maps.shape[2] == size:
@@ -94,6 +101,8 @@ class VQ3DStage1Task(ViTVQGANTask):
             "decoder_head": PLANE_LIFTS[lift],
             "plane_resolution": model_config.plane_resolution,
             "plane_channels": model_config.plane_channels,
+            # Runs saved before model.depth_decoder existed shared one decoder trunk.
+            "depth_decoder": model_config.get("depth_decoder", False),
         }
 
     def __init__(self, config):
@@ -111,6 +120,10 @@ class VQ3DStage1Task(ViTVQGANTask):
             dtype=jnp.dtype(m.dtype),
         )
         self.render_size = int(r.resolution)
+        # Runs saved before render.train_rays existed rendered every ray.
+        self.train_rays = int(r.get("train_rays", 0))
+        if self.train_rays >= self.render_size**2:
+            self.train_rays = 0
         self.intrinsics, self.cam_to_world = canonical_camera(
             # Runs saved before the key existed were trained with a level camera.
             r.fov_deg, r.camera_distance, self.render_size, r.get("camera_elevation_deg", 0.0)
@@ -157,32 +170,43 @@ class VQ3DStage1Task(ViTVQGANTask):
         size = decoded.shape[1]
         intrinsics = self.intrinsics * jnp.array([size / self.render_size] * 2 + [1.0])[:, None]
 
+        # Runs saved before model.plane_fill existed left uncovered texels at 0.
+        fill = self.config.model.get("plane_fill", "none")
+
         def lift(feature_map):
             return lift_feature_map(feature_map, intrinsics, self.cam_to_world,
-                                    scene_scale=r.scene_scale, near=r.near)
+                                    scene_scale=r.scene_scale, near=r.near, fill=fill)
 
         return jax.vmap(lift)(decoded)
 
-    def render(self, mlp_params, planes, cam_to_world, rng, *, randomized, intrinsics=None):
+    def render(self, mlp_params, planes, cam_to_world, rng, *, randomized, intrinsics=None,
+               pixels=None):
         """Renders each image's planes [B, ...] from its camera [B, 4, 4] → maps [B, r, r, ...].
 
         `intrinsics` [B, 3, 3] at the render resolution; default the canonical camera's.
+        `pixels` [B, N] (flat indices into the r×r grid) renders only those rays: [B, N, ...].
         """
         r = self.config.render
         batch = planes.shape[0]
         if intrinsics is None:
             intrinsics = jnp.broadcast_to(self.intrinsics, (batch, 3, 3))
 
-        def one(p, k, c2w, key):
+        def one(p, k, c2w, key, pix):
             return render_view(
                 self.mlp, mlp_params, p, k, c2w, key,
                 height=self.render_size, width=self.render_size, near=r.near, far=r.far,
                 num_samples=r.num_samples, num_importance=r.num_importance,
                 scene_scale=r.scene_scale, randomized=randomized,
-                chunk_size=r.chunk_size or None,
+                chunk_size=r.chunk_size or None, pixels=pix,
+                # Runs saved before render.far_backdrop existed ended rays at a finite depth.
+                far_backdrop=r.get("far_backdrop", False),
             )
 
-        return jax.vmap(one)(planes, intrinsics, cam_to_world, jax.random.split(rng, batch))
+        keys = jax.random.split(rng, batch)
+        if pixels is None:
+            return jax.vmap(lambda p, k, c2w, key: one(p, k, c2w, key, None))(
+                planes, intrinsics, cam_to_world, keys)
+        return jax.vmap(one)(planes, intrinsics, cam_to_world, keys, pixels)
 
     def to_image(self, color: jax.Array) -> jax.Array:
         """Rendered colour [B, r, r, 3] in [0, 1] → [B, S, S, 3] in [−1, 1] (bilinear)."""
@@ -213,16 +237,46 @@ class VQ3DStage1Task(ViTVQGANTask):
         b = images.shape[0]
         canonical_rng, novel_rng, pose_rng = jax.random.split(rng, 3)
         planes, aux = self.planes(g_params, images)
-        canonical = self.render(
-            g_params[NERF], planes, self._canonical(b), canonical_rng, randomized=True
-        )
-        recon = self.to_image(canonical["color"])
+        depth = batch.get("depth")
+
+        def full_view():
+            maps = self.render(g_params[NERF], planes, self._canonical(b), canonical_rng,
+                               randomized=True)
+            recon = self.to_image(maps["color"])
+            pseudo = None if depth is None else self._pseudo_disparity(depth, self.render_size)
+            perceptual = (jnp.zeros((), jnp.float32) if self.perceptual is None
+                          else self.perceptual(recon, images))
+            return recon, maps["disparity"], (losses.l2_loss(recon, images),
+                                              jnp.mean(losses.psnr(recon, images, max_val=2.0)),
+                                              self._depth_losses(maps, pseudo), perceptual)
+
+        def ray_subset():
+            # L2 and depth on `render.train_rays` random rays per image; no picture for a
+            # discriminator or LPIPS, which need whole images.
+            pick_rng, render_rng = jax.random.split(canonical_rng)
+            pixels = self.train_pixels(pick_rng, b)
+            maps = self.render(g_params[NERF], planes, self._canonical(b), render_rng,
+                               randomized=True, pixels=pixels)
+            target = _take_pixels(resize_maps(images, self.render_size), pixels)
+            color = maps["color"] * 2.0 - 1.0
+            pseudo = None if depth is None else _take_pixels(
+                self._pseudo_disparity(depth, self.render_size), pixels)
+            no_picture = jnp.zeros((b, self.render_size, self.render_size), jnp.float32)
+            return jnp.zeros_like(images), no_picture, (
+                losses.l2_loss(color, target), jnp.mean(losses.psnr(color, target, max_val=2.0)),
+                self._depth_losses(maps, pseudo), jnp.zeros((), jnp.float32))
+
+        if self.train_rays:  # all rays once a discriminator needs the picture
+            recon, disparity, (l2, train_psnr, depth_terms, perceptual) = jax.lax.cond(
+                gan_on > 0, full_view, ray_subset)
+        else:
+            recon, disparity, (l2, train_psnr, depth_terms, perceptual) = full_view()
 
         def novel_view():
             yaw_rng, pitch_rng = jax.random.split(pose_rng)
             max_yaw, max_pitch = np.deg2rad(r.novel_yaw_deg), np.deg2rad(r.novel_pitch_deg)
             cameras = self.orbit_cameras(
-                jax.lax.stop_gradient(canonical["disparity"]),
+                jax.lax.stop_gradient(disparity),
                 jax.random.uniform(yaw_rng, (b,), minval=-max_yaw, maxval=max_yaw),
                 jax.random.uniform(pitch_rng, (b,), minval=-max_pitch, maxval=max_pitch),
             )
@@ -233,47 +287,59 @@ class VQ3DStage1Task(ViTVQGANTask):
         # (a third of a tiny step's time).
         novel = jax.lax.cond(gan_on > 0, novel_view, lambda: jnp.zeros_like(recon))
 
-        def adversarial(name, fakes):
-            logits = self.discriminator.apply({"params": d_params[name]}, fakes)
-            return losses.nonsaturating_generator_loss(logits)
-
-        l2 = losses.l2_loss(recon, images)
-        g_adv = adversarial(DISCRIMINATOR, recon)
-        g_novel = adversarial(NOVEL_DISCRIMINATOR, novel)
+        g_adv = self.adversarial_loss(self.discriminator, d_params[DISCRIMINATOR], recon, gan_on)
+        g_novel = self.adversarial_loss(self.discriminator, d_params[NOVEL_DISCRIMINATOR], novel,
+                                        gan_on)
         total = (
             cfg.l2 * l2
             + cfg.vq * aux["vq_loss"]
             + gan_on * (cfg.adversarial * g_adv + cfg.novel_adversarial * g_novel)
         )
         terms = {"loss/l2": l2, "loss/vq": aux["vq_loss"], "loss/g_adv": g_adv,
-                 "loss/g_novel_adv": g_novel}
-        if "depth" in batch:
-            depth = self._depth_losses(canonical, batch["depth"])
+                 "loss/g_novel_adv": g_novel, "train/psnr": train_psnr}
+        if depth is not None:
             total = total + (
-                cfg.depth_pointwise * depth["weighted_pointwise"]
-                + cfg.depth_integrated * depth["integrated"]
+                cfg.depth_pointwise * depth_terms["weighted_pointwise"]
+                + cfg.depth_integrated * depth_terms["integrated"]
             )
-            terms["loss/depth_pointwise"] = depth["weighted_pointwise"]
-            terms["loss/depth_integrated"] = depth["integrated"]
+            terms["loss/depth_pointwise"] = depth_terms["weighted_pointwise"]
+            terms["loss/depth_integrated"] = depth_terms["integrated"]
             if "lifted_disparity" in aux:
-                lifted = self._lifted_depth_loss(aux["lifted_disparity"], batch["depth"])
+                lifted = self._lifted_depth_loss(aux["lifted_disparity"], depth)
                 total = total + cfg.depth_lifted * lifted
                 terms["loss/depth_lifted"] = lifted
-        total = total + self._perceptual_term(recon, images, terms)
+        if self.perceptual is not None:
+            total = total + cfg.lpips * perceptual
+            terms["loss/lpips"] = perceptual
         return total, ({DISCRIMINATOR: recon, NOVEL_DISCRIMINATOR: novel}, aux, terms)
 
-    def _depth_losses(self, rendered: dict, depth: jax.Array) -> dict:
-        b = depth.shape[0]
-        pseudo = resize_maps(disparity_from_depth(depth), self.render_size)
-        num_samples = rendered["weights"].shape[-1]
-        return losses.depth_losses(
+    def train_pixels(self, rng, batch_size: int) -> jax.Array:
+        """`render.train_rays` distinct random pixels of the r×r render per image [B, N]."""
+        count = self.render_size**2
+
+        def one(key):
+            return jax.random.choice(key, count, (self.train_rays,), replace=False)
+
+        return jax.vmap(one)(jax.random.split(rng, batch_size))
+
+    def _pseudo_disparity(self, depth, size: int) -> jax.Array:
+        """Pseudo-GT depth [B, H, W] → disparity at size² (area-averaged), [B, size²]."""
+        return resize_maps(disparity_from_depth(depth), size).reshape(depth.shape[0], -1)
+
+    def _depth_losses(self, rendered: dict, pseudo) -> dict | None:
+        """VQ3D's depth terms of rendered rays [B, ...] against pseudo disparity [B, N]."""
+        if pseudo is None:
+            return None
+        b, num_samples = pseudo.shape[0], rendered["weights"].shape[-1]
+        terms = losses.depth_losses(
             weights=rendered["weights"].reshape(b, -1, num_samples),
             sample_disparity=rendered["sample_disparity"].reshape(b, -1, num_samples),
             rendered_disparity=rendered["disparity"].reshape(b, -1),
-            pseudo_disparity=pseudo.reshape(b, -1),
+            pseudo_disparity=pseudo,
             align=self.config.loss.depth_alignment == "scale_shift",
             log_floor=self._log_floor(),
         )
+        return {k: terms[k] for k in ("weighted_pointwise", "integrated")}
 
     def _log_floor(self) -> float | None:
         """`loss.depth_space='log_disparity'`: disparities below that of 8 camera distances
