@@ -31,7 +31,7 @@ from absl import app, flags  # noqa: E402
 
 from vq3d_jax import input_pipeline  # noqa: E402
 from vq3d_jax.tasks import get_task  # noqa: E402
-from vq3d_jax.tasks.vit_vqgan import GENERATOR, images_to_float  # noqa: E402
+from vq3d_jax.tasks.common import GENERATOR, images_to_float  # noqa: E402
 from vq3d_jax.tasks.vq3d_stage1 import NERF, resize_maps  # noqa: E402
 from vq3d_jax.train import loop  # noqa: E402
 

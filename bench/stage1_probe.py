@@ -52,7 +52,7 @@ from vq3d_jax.datasets import synthetic_scenes  # noqa: E402
 from vq3d_jax.models.vit_vqgan import VitVQGAN, patchify  # noqa: E402
 from vq3d_jax.nn.vit import sincos_2d_position_embedding  # noqa: E402
 from vq3d_jax.tasks import get_task  # noqa: E402
-from vq3d_jax.tasks.vit_vqgan import GENERATOR, images_to_float  # noqa: E402
+from vq3d_jax.tasks.common import GENERATOR, images_to_float  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/vq3d_stage1.py:tiny")
 _STEPS = flags.DEFINE_integer("steps", 300, "Training steps.")

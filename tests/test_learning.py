@@ -18,7 +18,7 @@ from conftest import override
 from configs import vq3d_stage1
 from vq3d_jax import input_pipeline, losses
 from vq3d_jax.tasks import get_task
-from vq3d_jax.tasks.vit_vqgan import images_to_float
+from vq3d_jax.tasks.common import images_to_float
 
 SCENES = 4
 STEPS = 300

@@ -263,7 +263,7 @@ def test_configured_weights_add_lpips_to_the_generator_loss(params, weights_file
     from test_train_loop import _config
 
     from vq3d_jax.tasks import get_task
-    from vq3d_jax.tasks.vit_vqgan import DISCRIMINATOR
+    from vq3d_jax.tasks.common import DISCRIMINATOR
 
     config = _config()
     config.loss.update(lpips=0.5, lpips_weights=weights_file)

@@ -33,14 +33,14 @@ from vq3d_jax.models.vq3d import (
     render_view,
     triplane_field,
 )
-from vq3d_jax.tasks.vit_vqgan import (
+from vq3d_jax.tasks.common import (
     DISCRIMINATOR,
     GENERATOR,
-    ViTVQGANTask,
     image_grid,
     images_to_float,
     images_to_uint8,
 )
+from vq3d_jax.tasks.vit_vqgan import ViTVQGANTask
 from vq3d_jax.visualize import colorize_depth
 
 NOVEL_DISCRIMINATOR = "novel_discriminator"

@@ -33,7 +33,7 @@ import optax
 from absl import logging
 
 from vq3d_jax.models import ar_prior
-from vq3d_jax.tasks.vit_vqgan import (
+from vq3d_jax.tasks.common import (
     GENERATOR,
     image_grid,
     images_to_float,
