@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from vq3d_jax.nn import sampling
-from vq3d_jax.nn.vit import ACT_EMBED, TransformerBlock, layer_norm, partitioned
+from vq3d_jax.nn.partitioning import partitioned
+from vq3d_jax.nn.vit import ACT_EMBED, TransformerBlock, layer_norm
 
 Dtype = Any
 

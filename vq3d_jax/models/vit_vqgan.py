@@ -17,8 +17,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vq3d_jax.nn.partitioning import partitioned
 from vq3d_jax.nn.quantizer import FactorizedQuantizer
-from vq3d_jax.nn.vit import ACT_EMBED, Transformer, partitioned, sincos_2d_position_embedding
+from vq3d_jax.nn.vit import ACT_EMBED, Transformer, sincos_2d_position_embedding
 
 Dtype = Any
 

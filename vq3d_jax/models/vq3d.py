@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vq3d_jax import geometry as geo
-from vq3d_jax.nn.vit import partitioned
+from vq3d_jax.nn.partitioning import partitioned
 
 Dtype = Any
 

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vq3d_jax.nn.vit import partitioned
+from vq3d_jax.nn.partitioning import partitioned
 
 Dtype = Any
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vq3d_jax.nn.vit import partitioned
+from vq3d_jax.nn.partitioning import partitioned
 
 Dtype = Any
 

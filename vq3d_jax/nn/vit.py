@@ -12,13 +12,14 @@ Parameters are created in ``param_dtype`` (float32) and the maths runs in
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from vq3d_jax.nn.partitioning import partitioned
 
 Dtype = Any
 
@@ -28,11 +29,6 @@ ACT_MLP = ("activation_batch", "activation_length", "activation_mlp")
 ACT_HEADS = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
 # Decoding caches of keys/values: heads-major [batch, heads, length, head_dim].
 ACT_CACHE = ("activation_batch", "activation_heads", "activation_length", "activation_kv")
-
-
-def partitioned(init_fn: Callable, names: tuple[str | None, ...]) -> Callable:
-    """Shorthand for ``nn.with_logical_partitioning`` (every param goes through it)."""
-    return nn.with_logical_partitioning(init_fn, names)
 
 
 def layer_norm(dtype: Dtype, param_dtype: Dtype, name: str | None = None) -> nn.LayerNorm:

@@ -155,10 +155,6 @@ class Checkpointer:
                 "(saved vs model). Use the config it was trained with, or a new --workdir."
             )
 
-    def wait(self) -> None:
-        """Blocks until pending asynchronous saves are on disk."""
-        self._manager.wait_until_finished()
-
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()

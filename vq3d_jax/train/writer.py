@@ -83,12 +83,6 @@ class MetricWriter:
             paths.append(path)
         return paths
 
-    def flush(self) -> None:
-        if self._jsonl is not None:
-            self._jsonl.flush()
-        if self._tb is not None:
-            self._tb.flush()
-
     def close(self) -> None:
         if self._jsonl is not None:
             self._jsonl.close()
