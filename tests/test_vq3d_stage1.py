@@ -9,7 +9,7 @@ from configs import vq3d_stage1
 from vq3d_jax import geometry as geo
 from vq3d_jax import losses
 from vq3d_jax.tasks import get_task
-from vq3d_jax.tasks.vq3d_stage1 import VQ3DStage1Task, disparity_from_depth
+from vq3d_jax.tasks.vq3d_stage1 import VQ3DStage1Task, disparity_from_depth, take_pixels
 
 
 def _config(**extra):
@@ -202,3 +202,5 @@ def test_a_ray_subset_renders_what_the_whole_view_shows_at_those_pixels():
         expected = np.take_along_axis(
             flat, np.asarray(pixels).reshape(pixels.shape + (1,) * (flat.ndim - 2)), axis=1)
         np.testing.assert_allclose(subset[key], expected, rtol=1e-5, atol=1e-6)
+        # The helper that picks the training targets at those pixels picks the same ones.
+        np.testing.assert_array_equal(take_pixels(full[key], pixels), expected)

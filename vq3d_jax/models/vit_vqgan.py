@@ -262,18 +262,18 @@ class VitVQGAN(nn.Module):
             # three planes and a disparity logit, which VQ3D lifts into tri-planes
             # (models/vq3d.py:lift_feature_map).
             grid = self.image_size // self.patch_size
-            size = self.plane_resolution
-            if size % grid:
-                raise ValueError(f"plane_resolution {size} is not a multiple of the "
-                                 f"{grid}×{grid} token grid.")
+            if self.plane_resolution % grid:
+                raise ValueError(f"plane_resolution {self.plane_resolution} is not a multiple "
+                                 f"of the {grid}×{grid} token grid.")
+            patch_and_size = (self.plane_resolution // grid, self.plane_resolution)
             self.decoder = Decoder2D(
-                self.decoder_variant, size // grid, size,
+                self.decoder_variant, *patch_and_size,
                 out_channels=3 * self.plane_channels + (0 if self.depth_decoder else 1),
                 **vit, **common,
             )
             if self.depth_decoder:
                 self.disparity_decoder = Decoder2D(
-                    self.decoder_variant, size // grid, size, out_channels=1, **vit, **common)
+                    self.decoder_variant, *patch_and_size, out_channels=1, **vit, **common)
         else:
             raise ValueError(f"decoder_head={self.decoder_head!r}: 'pixels', 'triplane' or "
                              "'feature_map'.")

@@ -128,12 +128,11 @@ def lift_feature_map(
     coords = geo.contract_to_unit(points * scene_scale).reshape(-1, 3)
     features = feature_map[..., :-1].astype(jnp.float32).reshape(-1, 3, channels)
     sums, weights = geo.splat_to_triplane(coords, features, res)
-    coverage = jnp.minimum(weights, 1.0)
     if fill == "none":  # the texel's weighted mean, scaled down where less than one landed
         return sums / jnp.maximum(weights, 1.0)[..., None], disparity
     if fill == "pull_push":
         means = sums / jnp.where(weights > 0, weights, 1.0)[..., None]
-        return geo.pull_push_fill(means, coverage), disparity
+        return geo.pull_push_fill(means, jnp.minimum(weights, 1.0)), disparity
     raise ValueError(f"plane fill {fill!r}: 'none' or 'pull_push'.")
 
 

@@ -88,12 +88,14 @@ class ViTVQGANTask:
             optax.clip_by_global_norm(o.grad_clip),
             optax.adamw(self.generator_lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay),
         )
-        # No weight decay for D: its gradients are zero before the GAN starts,
-        # and decoupled decay would still shrink it.
+        # A discriminator's optimizer counts its own updates, which begin at
+        # `loss.adversarial_start_step` (train_step does not run it before): its warm-up
+        # starts with its first update and its decay ends with the run. No weight decay.
+        disc_steps = max(config.total_steps - config.loss.adversarial_start_step, 1)
         self.discriminator_tx = optax.chain(
             optax.clip_by_global_norm(o.grad_clip),
             optax.adam(
-                learning_rate_schedule(o, o.disc_learning_rate, config.total_steps),
+                learning_rate_schedule(o, o.disc_learning_rate, disc_steps),
                 b1=o.b1,
                 b2=o.b2,
             ),
@@ -140,8 +142,10 @@ class ViTVQGANTask:
         l2 = losses.l2_loss(recon, images)
         g_adv = self.adversarial_loss(self.discriminator, d_params[DISCRIMINATOR], recon, gan_on)
         total = cfg.l2 * l2 + cfg.vq * aux["vq_loss"] + gan_on * cfg.adversarial * g_adv
-        terms = {"loss/l2": l2, "loss/vq": aux["vq_loss"], "loss/g_adv": g_adv}
-        total = total + self._perceptual_term(recon, images, terms)
+        terms = {"loss/l2": l2, "loss/vq": aux["vq_loss"], "loss/g_adv": g_adv,
+                 "train/psnr": jnp.mean(losses.psnr(recon, images, max_val=2.0))}
+        perceptual = None if self.perceptual is None else self.perceptual(recon, images)
+        total = total + self._perceptual_term(perceptual, terms)
         return total, ({DISCRIMINATOR: recon}, aux, terms)
 
     @staticmethod
@@ -153,10 +157,10 @@ class ViTVQGANTask:
 
         return jax.lax.cond(gan_on > 0, loss, lambda: jnp.zeros((), jnp.float32))
 
-    def _perceptual_term(self, recon, images, terms: dict):
-        if self.perceptual is None:
+    def _perceptual_term(self, distance, terms: dict):
+        """λ_lpips · the LPIPS distance, logged in `terms`; 0 with LPIPS off (None)."""
+        if distance is None:
             return 0.0
-        distance = self.perceptual(recon, images)
         terms["loss/lpips"] = distance
         return self.config.loss.lpips * distance
 
@@ -211,8 +215,6 @@ class ViTVQGANTask:
             "train/learning_rate": self.generator_lr(state.step),
             "train/grad_norm": optax.tree.norm(g_grads),
         })
-        if "train/psnr" not in metrics:  # a task that renders a ray subset reports its own
-            metrics["train/psnr"] = jnp.mean(losses.psnr(fakes[DISCRIMINATOR], images, max_val=2.0))
         return new_state, metrics
 
     def _discriminator_grads(self, disc, d_params, reals, fakes, step, prefix=""):

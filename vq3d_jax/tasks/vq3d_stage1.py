@@ -74,7 +74,7 @@ def orbit_strip(orbit: jax.Array) -> jax.Array:
     return orbit.transpose(1, 2, 0, 3, 4).reshape(t, h, n * w, c)
 
 
-def _take_pixels(maps: jax.Array, pixels: jax.Array) -> jax.Array:
+def take_pixels(maps: jax.Array, pixels: jax.Array) -> jax.Array:
     """Maps [B, H, W, ...] at flat pixel indices [B, N] → [B, N, ...]."""
     flat = maps.reshape((maps.shape[0], -1) + maps.shape[3:])
     index = pixels.reshape(pixels.shape + (1,) * (flat.ndim - 2))
@@ -202,11 +202,9 @@ class VQ3DStage1Task(ViTVQGANTask):
                 far_backdrop=r.get("far_backdrop", False),
             )
 
-        keys = jax.random.split(rng, batch)
-        if pixels is None:
-            return jax.vmap(lambda p, k, c2w, key: one(p, k, c2w, key, None))(
-                planes, intrinsics, cam_to_world, keys)
-        return jax.vmap(one)(planes, intrinsics, cam_to_world, keys, pixels)
+        # pixels=None is an empty pytree: vmap passes it through.
+        return jax.vmap(one)(planes, intrinsics, cam_to_world, jax.random.split(rng, batch),
+                             pixels)
 
     def to_image(self, color: jax.Array) -> jax.Array:
         """Rendered colour [B, r, r, 3] in [0, 1] → [B, S, S, 3] in [−1, 1] (bilinear)."""
@@ -243,7 +241,7 @@ class VQ3DStage1Task(ViTVQGANTask):
             maps = self.render(g_params[NERF], planes, self._canonical(b), canonical_rng,
                                randomized=True)
             recon = self.to_image(maps["color"])
-            pseudo = None if depth is None else self._pseudo_disparity(depth, self.render_size)
+            pseudo = None if depth is None else self._pseudo_disparity(depth)
             perceptual = (jnp.zeros((), jnp.float32) if self.perceptual is None
                           else self.perceptual(recon, images))
             return recon, maps["disparity"], (losses.l2_loss(recon, images),
@@ -257,10 +255,10 @@ class VQ3DStage1Task(ViTVQGANTask):
             pixels = self.train_pixels(pick_rng, b)
             maps = self.render(g_params[NERF], planes, self._canonical(b), render_rng,
                                randomized=True, pixels=pixels)
-            target = _take_pixels(resize_maps(images, self.render_size), pixels)
+            target = take_pixels(resize_maps(images, self.render_size), pixels)
             color = maps["color"] * 2.0 - 1.0
-            pseudo = None if depth is None else _take_pixels(
-                self._pseudo_disparity(depth, self.render_size), pixels)
+            pseudo = None if depth is None else take_pixels(
+                self._pseudo_disparity(depth), pixels)
             no_picture = jnp.zeros((b, self.render_size, self.render_size), jnp.float32)
             return jnp.zeros_like(images), no_picture, (
                 losses.l2_loss(color, target), jnp.mean(losses.psnr(color, target, max_val=2.0)),
@@ -308,9 +306,8 @@ class VQ3DStage1Task(ViTVQGANTask):
                 lifted = self._lifted_depth_loss(aux["lifted_disparity"], depth)
                 total = total + cfg.depth_lifted * lifted
                 terms["loss/depth_lifted"] = lifted
-        if self.perceptual is not None:
-            total = total + cfg.lpips * perceptual
-            terms["loss/lpips"] = perceptual
+        total = total + self._perceptual_term(None if self.perceptual is None else perceptual,
+                                              terms)
         return total, ({DISCRIMINATOR: recon, NOVEL_DISCRIMINATOR: novel}, aux, terms)
 
     def train_pixels(self, rng, batch_size: int) -> jax.Array:
@@ -322,9 +319,10 @@ class VQ3DStage1Task(ViTVQGANTask):
 
         return jax.vmap(one)(jax.random.split(rng, batch_size))
 
-    def _pseudo_disparity(self, depth, size: int) -> jax.Array:
-        """Pseudo-GT depth [B, H, W] → disparity at size² (area-averaged), [B, size²]."""
-        return resize_maps(disparity_from_depth(depth), size).reshape(depth.shape[0], -1)
+    def _pseudo_disparity(self, depth) -> jax.Array:
+        """Pseudo-GT depth [B, H, W] → disparity at the render's r² (area-averaged), [B, r²]."""
+        return resize_maps(disparity_from_depth(depth), self.render_size).reshape(
+            depth.shape[0], -1)
 
     def _depth_losses(self, rendered: dict, pseudo) -> dict | None:
         """VQ3D's depth terms of rendered rays [B, ...] against pseudo disparity [B, N]."""
