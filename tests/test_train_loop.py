@@ -252,3 +252,32 @@ def test_a_reader_never_touches_a_live_runs_checkpoints(tmp_path):
 def _replicated():
     return jax.sharding.NamedSharding(jax.make_mesh((1,), ("x",), devices=jax.devices()[:1]),
                                       jax.sharding.PartitionSpec())
+
+
+def test_discriminator_waits_for_adversarial_start_step():
+    """Before `loss.adversarial_start_step` no discriminator is run: its parameters and
+    optimizer state (its step count included) stay as initialised; from that step on it
+    trains, its optimizer counting from its own first update."""
+    import flax.linen as nn
+
+    config = _config()
+    config.loss.adversarial_start_step = 2
+    task = get_task(config)
+    state = jax.jit(lambda rng: nn.meta.unbox(task.init_state(rng)))(jax.random.key(0))
+    step = jax.jit(task.train_step)
+    batch = {"image": jnp.asarray(_batch()["image"])}
+    initial = jax.device_get((state.params["discriminator"], state.opt_state["discriminator"]))
+    for _ in range(2):
+        state, metrics = step(state, batch)
+        assert float(metrics["loss/d"]) == 0.0
+    waited = jax.device_get((state.params["discriminator"], state.opt_state["discriminator"]))
+    jax.tree.map(np.testing.assert_array_equal, waited, initial)
+    for _ in range(2):  # Adam's first update is at warm-up LR 0, its second is not
+        state, metrics = step(state, batch)
+        assert float(metrics["loss/d"]) > 0.0
+    moved = jax.device_get(state.params["discriminator"])
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(moved),
+                                                        jax.tree.leaves(initial[0])))
+    counts = [leaf for leaf in jax.tree.leaves(state.opt_state["discriminator"])
+              if np.ndim(leaf) == 0 and np.issubdtype(np.asarray(leaf).dtype, np.integer)]
+    assert counts and all(int(c) == 2 for c in counts)
