@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vq3d_jax import geometry as geo
+from vq3d_jax.geometry.renderer import FAR_BACKDROP_T
 
 CENTRE = jnp.asarray([0.0, 0.0, 4.0])
 RADIUS = 1.0
@@ -88,3 +89,18 @@ def test_far_backdrop_ends_missed_rays_on_the_sky_in_their_own_direction():
     # ...wherever the camera stands (a sideways step of 0.5 still misses the ball there).
     moved = render(origins + jnp.asarray([-0.5, 0.0, 0.0]), directions)
     np.testing.assert_allclose(moved["color"][0, 0], out["color"][0, 0], atol=1e-5)
+
+
+def test_far_backdrop_keeps_every_finite_sample_where_it_was():
+    """The backdrop is one more sample, not a replacement for the last finite one: ground
+    beyond the last bin edge (30 near-units at 12 bins) must still have a sample there."""
+    origins, directions = _camera_rays(size=3)
+    kwargs = dict(near=0.5, far=jnp.inf, num_samples=12, num_importance=0, randomized=False)
+    plain = geo.render_rays(sphere_field, origins, directions, jax.random.PRNGKey(0), **kwargs)
+    with_sky = geo.render_rays(sphere_field, origins, directions, jax.random.PRNGKey(0),
+                               far_backdrop=True, **kwargs)
+    np.testing.assert_allclose(with_sky["t"][..., :-1], plain["t"], rtol=1e-6)
+    np.testing.assert_allclose(with_sky["t"][..., -1], FAR_BACKDROP_T)
+    # The finite samples' weights are unchanged on a hit (the ball stops the ray first).
+    np.testing.assert_allclose(with_sky["weights"][1, 1, :-1], plain["weights"][1, 1],
+                               atol=1e-6)
