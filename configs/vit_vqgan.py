@@ -65,19 +65,37 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "r1_every": 16,  # lazy R1 (StyleGAN2 App. B)
         }
     )
-    # Adam β (0.9, 0.99), lr 1e-4, 5k warm-up, weight decay 1e-4 (ViT-VQGAN §4.1).
+    # One optimizer block per network (tasks/common.py:make_optimizer). Adam β (0.9, 0.99),
+    # lr 1e-4, 5k warm-up, weight decay 1e-4 (ViT-VQGAN §4.1); the discriminators share
+    # a block without weight decay, whose schedule counts from their first update
+    # (loss.adversarial_start_step) to the end of the run.
     c.optim = ml_collections.ConfigDict(
         {
-            "learning_rate": 1e-4,
-            "disc_learning_rate": 1e-4,
-            "warmup_steps": 5000,
-            "decay": "cosine",  # cosine | constant (after warm-up)
-            "b1": 0.9,
-            "b2": 0.99,
-            "weight_decay": 1e-4,
-            "grad_clip": 1.0,
+            "generator": {
+                "learning_rate": 1e-4,
+                "warmup_steps": 5000,
+                "decay": "cosine",  # cosine | constant (after warm-up)
+                "b1": 0.9,
+                "b2": 0.99,
+                "weight_decay": 1e-4,
+                "grad_clip": 1.0,
+            },
+            "discriminator": {
+                "learning_rate": 1e-4,
+                "warmup_steps": 5000,
+                "decay": "cosine",
+                "b1": 0.9,
+                "b2": 0.99,
+                "weight_decay": 0.0,
+                "grad_clip": 1.0,
+            },
         }
     )
+    # [choice] An EMA of the generator's weights (StyleGAN2 §B: half-life in images,
+    # ramped up over the first images seen), used by eval and pictures when on. Off for
+    # the autoencoders: the codebook's dead-code restarts move codes in one step, which an
+    # average would smear. 0 = off.
+    c.ema = ml_collections.ConfigDict({"half_life_images": 0, "rampup": 0.05})
 
     if preset == "tiny":
         c.total_steps = 300
@@ -94,7 +112,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             disc_channel_max=32,
         )
         c.loss.adversarial_start_step = 100
-        c.optim.update(learning_rate=1e-3, disc_learning_rate=2e-4, warmup_steps=20)
+        c.optim.generator.update(learning_rate=1e-3, warmup_steps=20)
+        c.optim.discriminator.update(learning_rate=2e-4, warmup_steps=20)
         c.data.image_size = 64
         c.eval.update(num_examples=256, global_batch_size=32)
     elif preset == "imagenet256":

@@ -134,7 +134,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # 23 %); the rest of the ground runs to the horizon in the contracted shell.
         c.render.scene_scale = 0.3
         # [choice] 3e-3 at batch 8 (ViT-VQGAN's 1e-4 is for batch 256 over 500k steps).
-        c.optim.learning_rate = 3e-3
+        c.optim.generator.learning_rate = 3e-3
         # [choice] 1000 steps of the autoencoder alone (a quarter of the rays per step);
         # the discriminators join when a run is resumed past them. With both GANs from
         # step 100 a 300-step run scored 22.7 dB / AbsRel 0.147 / 18.8 dB novel against
@@ -162,7 +162,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.render.update(resolution=128, num_samples=32, num_importance=32)
         c.loss.depth_alignment = "none"  # metric synthetic depth, as in tiny
         c.loss.adversarial_start_step = 5000
-        c.optim.update(learning_rate=4e-4, disc_learning_rate=1e-4, warmup_steps=1000)
+        c.optim.generator.update(learning_rate=4e-4, warmup_steps=1000)
+        c.optim.discriminator.update(learning_rate=1e-4, warmup_steps=1000)
         c.data.update(name="synthetic_scenes/res128", image_size=128, worker_count=8)
         c.eval.update(num_examples=512, global_batch_size=64)
     elif preset == "imagenet256":

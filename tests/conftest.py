@@ -67,7 +67,8 @@ def tiny_overrides(data_dir: str) -> dict:
         "loss.adversarial_start_step": 0,
         # No cosine decay: the program then does not depend on total_steps, so
         # runs of different lengths share one compiled step.
-        "optim.decay": "constant",
+        "optim.generator.decay": "constant",
+        "optim.discriminator.decay": "constant",
         "model.codebook_size": 64,
         "model.disc_channel_base": 256,
         "model.disc_channel_max": 32,
@@ -89,3 +90,23 @@ NERF_TINY_OVERRIDES = {
     "render.num_importance": 6,
     "render.orbit_frames": 4,
 }
+
+
+def tiny_task_config(stage1=False, **mesh):
+    """The shrunken tiny 2D (or stage-1) config, no dataset: for step-level tests."""
+    from configs import vit_vqgan, vq3d_stage1
+
+    config = (vq3d_stage1 if stage1 else vit_vqgan).get_config("tiny")
+    override(config, {**tiny_overrides(""), **(NERF_TINY_OVERRIDES if stage1 else {})})
+    config.mesh.update(mesh)
+    return config
+
+
+def random_batch(seed=0, n=8, size=32):
+    """Random uint8 images and depths [n, size, size] under a band of sky (numpy)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    depth = rng.uniform(3.0, 9.0, (n, size, size)).astype(np.float32)
+    depth[:, :4] = np.inf  # sky
+    return {"image": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), "depth": depth}

@@ -106,12 +106,12 @@ class _InvertTask:
 def test_sharded_fid_statistics_equal_single_device_reference(tmp_path, inception_weights):
     """8 simulated devices, a batch with 3 padding rows: the streamed statistics of the
     real and the task's images equal numpy's over the 5 real rows on one device."""
-    from test_train_loop import _config
+    from conftest import tiny_task_config
 
     from vq3d_jax.train import sharding
     from vq3d_jax.train.loop import build_runtime, init_state
 
-    config = _config(data=8)
+    config = tiny_task_config(data=8)
     config.eval.fid.update(inception_weights=inception_weights, cache_dir=str(tmp_path),
                            kid_subset_size=4, kid_subsets=3)
     rt = build_runtime(_InvertTask(), config)
@@ -162,12 +162,12 @@ class _RecordingFID:
 
 
 def test_eval_loop_runs_fid_in_the_same_pass(tmp_path):
-    from test_train_loop import _config
+    from conftest import tiny_task_config
 
     from vq3d_jax.train.loop import build_runtime, init_state, run_eval
     from vq3d_jax.train.writer import MetricWriter
 
-    config = _config(data=8)
+    config = tiny_task_config(data=8)
     rt = build_runtime(_InvertTask(), config)
     images = np.zeros((16, 8, 8, 3), np.uint8)
     batches = [{"image": images[i:i + 8], "mask": np.ones(8, bool)} for i in (0, 8)]
@@ -178,9 +178,9 @@ def test_eval_loop_runs_fid_in_the_same_pass(tmp_path):
 
 
 def test_no_weights_turns_fid_off_with_the_reason(caplog):
-    from test_train_loop import _config
+    from conftest import tiny_task_config
 
-    config = _config(data=8)
+    config = tiny_task_config(data=8)
     assert evaluator.from_config(config, runtime=None, num_examples=16) is None
     assert "eval.fid.inception_weights" in caplog.text
 

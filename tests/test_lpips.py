@@ -260,12 +260,12 @@ def test_unit_normalize_value_and_gradient_at_zero_pixel():
 def test_configured_weights_add_lpips_to_the_generator_loss(params, weights_file, apply_fn):
     """loss.lpips_weights set → total = L2 + VQ + adversarial terms + λ·LPIPS(recon, image)."""
     import flax.linen as nn
-    from test_train_loop import _config
+    from conftest import tiny_task_config
 
     from vq3d_jax.tasks import get_task
     from vq3d_jax.tasks.common import DISCRIMINATOR
 
-    config = _config()
+    config = tiny_task_config()
     config.loss.update(lpips=0.5, lpips_weights=weights_file)
     task = get_task(config)
     batch = {"image": jax.random.randint(jax.random.key(1), (2, 32, 32, 3), 0, 256, jnp.uint8)}

@@ -4,26 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import NERF_TINY_OVERRIDES, override, tiny_overrides
+from conftest import random_batch, tiny_task_config
 
-from configs import vit_vqgan, vq3d_stage1
 from vq3d_jax.tasks import get_task
 from vq3d_jax.train import loop, sharding
 from vq3d_jax.train.checkpoint import Checkpointer, CheckpointShapeError
-
-
-def _config(stage1=False, **mesh):
-    config = (vq3d_stage1 if stage1 else vit_vqgan).get_config("tiny")
-    override(config, {**tiny_overrides(""), **(NERF_TINY_OVERRIDES if stage1 else {})})
-    config.mesh.update(mesh)
-    return config
-
-
-def _batch(seed=0, n=8, size=32):
-    rng = np.random.default_rng(seed)
-    depth = rng.uniform(3.0, 9.0, (n, size, size)).astype(np.float32)
-    depth[:, :4] = np.inf  # sky
-    return {"image": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), "depth": depth}
 
 
 def test_sharded_stage1_step_equals_unsharded():
@@ -32,12 +17,12 @@ def test_sharded_stage1_step_equals_unsharded():
     assert jax.device_count() == 8
     results = []
     for devices, mesh in ((jax.devices()[:1], dict(data=1, fsdp=1)), (None, dict(data=2, fsdp=4))):
-        config = _config(stage1=True, **mesh)
+        config = tiny_task_config(stage1=True, **mesh)
         rt = loop.build_runtime(get_task(config), config, devices=devices)
         state = loop.init_state(rt)
         step = loop.compile_train_step(rt)
         with rt.scope():
-            state, metrics = step(state, sharding.global_batch(_batch(), rt.mesh))
+            state, metrics = step(state, sharding.global_batch(random_batch(), rt.mesh))
         results.append((jax.device_get(state.params), jax.device_get(metrics)))
     (params_1, metrics_1), (params_8, metrics_8) = results
     for key in ("loss/total", "loss/d", "loss/novel_d", "loss/vq", "loss/depth_pointwise"):
@@ -50,7 +35,7 @@ def test_sharded_stage1_step_equals_unsharded():
 
 
 def test_parameters_are_sharded_by_the_rules():
-    config = _config(data=2, fsdp=4)
+    config = tiny_task_config(data=2, fsdp=4)
     rt = loop.build_runtime(get_task(config), config)
     specs = {
         jax.tree_util.keystr(p): s.spec
@@ -85,7 +70,7 @@ def test_indivisible_dims_replicate_and_big_unannotated_params_fall_back_to_fsdp
 
 
 def test_global_batch_must_divide_the_batch_axes():
-    config = _config(data=2, fsdp=4)
+    config = tiny_task_config(data=2, fsdp=4)
     config.global_batch_size = 12
     with pytest.raises(ValueError, match="not divisible"):
         loop.build_runtime(get_task(config), config)
@@ -190,7 +175,7 @@ class _NaNAtStep3Task:
 def test_nan_loss_stops_without_saving_the_bad_state(tmp_path):
     from vq3d_jax.train.loop import NonFiniteLossError, build_runtime, train
 
-    config = _config(data=8)
+    config = tiny_task_config(data=8)
     config.update(total_steps=10, checkpoint_every=1, log_every=5)
     rt = build_runtime(_NaNAtStep3Task(), config)
     with pytest.raises(NonFiniteLossError, match="step 3"):
@@ -215,7 +200,7 @@ def test_eval_mean_masks_padding_and_non_finite_examples(tmp_path):
     from vq3d_jax.train.loop import build_runtime, init_state, run_eval
     from vq3d_jax.train.writer import MetricWriter
 
-    config = _config(data=8)
+    config = tiny_task_config(data=8)
     rt = build_runtime(_MeanTask(), config)
     values = np.array([1, 2, 3, 0, 5, 6, 7, 8, 9, 10, 99, 99, 99, 99, 99, 99], np.float32)
     mask = np.array([True] * 10 + [False] * 6)  # the last six are padding
@@ -252,32 +237,3 @@ def test_a_reader_never_touches_a_live_runs_checkpoints(tmp_path):
 def _replicated():
     return jax.sharding.NamedSharding(jax.make_mesh((1,), ("x",), devices=jax.devices()[:1]),
                                       jax.sharding.PartitionSpec())
-
-
-def test_discriminator_waits_for_adversarial_start_step():
-    """Before `loss.adversarial_start_step` no discriminator is run: its parameters and
-    optimizer state (its step count included) stay as initialised; from that step on it
-    trains, its optimizer counting from its own first update."""
-    import flax.linen as nn
-
-    config = _config()
-    config.loss.adversarial_start_step = 2
-    task = get_task(config)
-    state = jax.jit(lambda rng: nn.meta.unbox(task.init_state(rng)))(jax.random.key(0))
-    step = jax.jit(task.train_step)
-    batch = {"image": jnp.asarray(_batch()["image"])}
-    initial = jax.device_get((state.params["discriminator"], state.opt_state["discriminator"]))
-    for _ in range(2):
-        state, metrics = step(state, batch)
-        assert float(metrics["loss/d"]) == 0.0
-    waited = jax.device_get((state.params["discriminator"], state.opt_state["discriminator"]))
-    jax.tree.map(np.testing.assert_array_equal, waited, initial)
-    for _ in range(2):  # Adam's first update is at warm-up LR 0, its second is not
-        state, metrics = step(state, batch)
-        assert float(metrics["loss/d"]) > 0.0
-    moved = jax.device_get(state.params["discriminator"])
-    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(moved),
-                                                        jax.tree.leaves(initial[0])))
-    counts = [leaf for leaf in jax.tree.leaves(state.opt_state["discriminator"])
-              if np.ndim(leaf) == 0 and np.issubdtype(np.asarray(leaf).dtype, np.integer)]
-    assert counts and all(int(c) == 2 for c in counts)

@@ -1,5 +1,5 @@
-"""What every task shares: network names in the parameter tree, image conversions, the
-learning-rate schedule and picture grids."""
+"""What every task shares: network names in the parameter tree, image conversions,
+optimizers and their learning-rate schedules, and picture grids."""
 
 from __future__ import annotations
 
@@ -21,15 +21,33 @@ def images_to_uint8(images: jax.Array) -> jax.Array:
     return jnp.round((jnp.clip(images, -1.0, 1.0) + 1.0) * 127.5).astype(jnp.uint8)
 
 
-def learning_rate_schedule(optim, peak: float, total_steps: int) -> optax.Schedule:
-    warmup = optax.linear_schedule(0.0, peak, max(int(optim.warmup_steps), 1))
-    if optim.decay == "cosine":
-        after = optax.cosine_decay_schedule(peak, max(total_steps - optim.warmup_steps, 1))
-    elif optim.decay == "constant":
+def learning_rate_schedule(block, total_steps: int) -> optax.Schedule:
+    """Linear warm-up to `block.learning_rate`, then cosine decay to 0 or constant."""
+    peak = block.learning_rate
+    warmup = optax.linear_schedule(0.0, peak, max(int(block.warmup_steps), 1))
+    if block.decay == "cosine":
+        after = optax.cosine_decay_schedule(peak, max(total_steps - block.warmup_steps, 1))
+    elif block.decay == "constant":
         after = optax.constant_schedule(peak)
     else:
-        raise ValueError(f"optim.decay={optim.decay!r}: expected 'cosine' or 'constant'.")
-    return optax.join_schedules([warmup, after], [int(optim.warmup_steps)])
+        raise ValueError(f"optim decay={block.decay!r}: expected 'cosine' or 'constant'.")
+    return optax.join_schedules([warmup, after], [int(block.warmup_steps)])
+
+
+def make_optimizer(block, total_steps: int, *, decay_mask=None):
+    """One network's optimizer from its config block → (transformation, schedule).
+
+    `block`: learning_rate, warmup_steps, decay, b1, b2, weight_decay, grad_clip.
+    Global-norm clipping, then Adam, or AdamW (decoupled decay on `decay_mask`'s leaves,
+    default all) when weight_decay > 0. `total_steps` counts this optimizer's updates.
+    """
+    schedule = learning_rate_schedule(block, total_steps)
+    if block.weight_decay:
+        adam = optax.adamw(schedule, b1=block.b1, b2=block.b2,
+                           weight_decay=block.weight_decay, mask=decay_mask)
+    else:
+        adam = optax.adam(schedule, b1=block.b1, b2=block.b2)
+    return optax.chain(optax.clip_by_global_norm(block.grad_clip), adam), schedule
 
 
 def image_grid(rows: list[jax.Array]) -> jax.Array:

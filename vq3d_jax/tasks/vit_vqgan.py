@@ -3,7 +3,7 @@
 Generator = encoder → factorised quantizer → 2D ViT decoder; a StyleGAN2
 residual discriminator joins at `loss.adversarial_start_step`. Losses
 (§3.3): λ_l2·L2 + VQ + λ_lpips·LPIPS + λ_adv·non-saturating GAN; the
-discriminator adds R1 (lazy, every `loss.r1_every` steps, γ/2·‖∇D‖²·interval).
+discriminator's update (the GAN kit, tasks/gan.py) adds lazy R1.
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ from vq3d_jax.models import lpips
 from vq3d_jax.models.vit_vqgan import VitVQGAN
 from vq3d_jax.nn.quantizer import code_counts, restart_dead_codes
 from vq3d_jax.nn.stylegan import ResidualDiscriminator
+from vq3d_jax.tasks import gan
 from vq3d_jax.tasks.common import (
     DISCRIMINATOR,
     GENERATOR,
     image_grid,
     images_to_float,
     images_to_uint8,
-    learning_rate_schedule,
+    make_optimizer,
 )
 from vq3d_jax.train.state import TrainState
 
@@ -43,6 +44,9 @@ class ViTVQGANTask:
     eval_keys = ("image",)
     num_sample_images = 8
     decoder_name = "vit2d"
+    # Parameter keys of the discriminators; `generator_loss` names its fakes alike.
+    discriminator_names = (DISCRIMINATOR,)
+    fid_images_are = "reconstructions"  # the FID protocol line names what it scored
 
     def decoder_head_options(self, model_config) -> dict:
         """Extra `VitVQGAN` fields of this task's decoder head."""
@@ -82,29 +86,20 @@ class ViTVQGANTask:
             mbstd_group_size=m.disc_mbstd_group_size,
             dtype=dtype,
         )
-        o = config.optim
-        self.generator_lr = learning_rate_schedule(o, o.learning_rate, config.total_steps)
-        self.generator_tx = optax.chain(
-            optax.clip_by_global_norm(o.grad_clip),
-            optax.adamw(self.generator_lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay),
-        )
+        o, loss = config.optim, config.loss
+        self.generator_tx, self.generator_lr = make_optimizer(o.generator, config.total_steps)
         # A discriminator's optimizer counts its own updates, which begin at
-        # `loss.adversarial_start_step` (train_step does not run it before): its warm-up
-        # starts with its first update and its decay ends with the run. No weight decay.
-        disc_steps = max(config.total_steps - config.loss.adversarial_start_step, 1)
-        self.discriminator_tx = optax.chain(
-            optax.clip_by_global_norm(o.grad_clip),
-            optax.adam(
-                learning_rate_schedule(o, o.disc_learning_rate, disc_steps),
-                b1=o.b1,
-                b2=o.b2,
-            ),
+        # `loss.adversarial_start_step` (the kit's gate skips it before): its warm-up
+        # starts with its first update and its decay ends with the run.
+        disc_tx, _ = make_optimizer(
+            o.discriminator, max(config.total_steps - loss.adversarial_start_step, 1))
+        self.discriminators = tuple(
+            gan.Discriminator(name, self.discriminator, disc_tx, loss.r1_gamma,
+                              int(loss.r1_every))
+            for name in self.discriminator_names
         )
+        self.ema = config.get("ema")  # runs saved before the key kept no EMA
         self.perceptual = perceptual_loss_fn(config.loss.lpips_weights)
-
-    def discriminators(self) -> dict:
-        """Parameter key → discriminator module; `generator_loss` names its fakes alike."""
-        return {DISCRIMINATOR: self.discriminator}
 
     # -- state -------------------------------------------------------------------------
     def init_generator(self, rng: jax.Array, images: jax.Array) -> dict:
@@ -114,15 +109,15 @@ class ViTVQGANTask:
         g_rng, d_rng, step_rng = jax.random.split(rng, 3)
         images = jnp.zeros((1, self.image_size, self.image_size, 3), jnp.float32)
         params = {GENERATOR: self.init_generator(g_rng, images)}
-        for i, (name, disc) in enumerate(self.discriminators().items()):
-            params[name] = disc.init(jax.random.fold_in(d_rng, i), images)["params"]
-        opt_state = {
-            name: (self.generator_tx if name == GENERATOR else self.discriminator_tx).init(p)
-            for name, p in params.items()
-        }
+        opt_state = {GENERATOR: self.generator_tx.init(params[GENERATOR])}
+        for i, d in enumerate(self.discriminators):
+            params[d.name] = d.network.init(jax.random.fold_in(d_rng, i), images)["params"]
+            opt_state[d.name] = d.tx.init(params[d.name])
         # Zero usage: every code counts as dead at step 0, so the first restart
         # places the whole codebook on encoder latents (a data-dependent init).
         model_state = {"code_usage": jnp.zeros((self.config.model.codebook_size,), jnp.float32)}
+        if self.keeps_ema:
+            model_state[gan.GENERATOR_EMA] = params[GENERATOR]
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
@@ -130,6 +125,10 @@ class ViTVQGANTask:
             rng=step_rng,
             model_state=model_state,
         )
+
+    @property
+    def keeps_ema(self) -> bool:
+        return bool(self.ema and self.ema.half_life_images)
 
     # -- training ----------------------------------------------------------------------
     def generator_loss(self, g_params, d_params: dict, batch, rng, gan_on):
@@ -140,22 +139,13 @@ class ViTVQGANTask:
         recon, aux = self.autoencoder.apply({"params": g_params}, images)
         recon = recon.astype(jnp.float32)
         l2 = losses.l2_loss(recon, images)
-        g_adv = self.adversarial_loss(self.discriminator, d_params[DISCRIMINATOR], recon, gan_on)
+        g_adv = self.discriminators[0].generator_loss(d_params[DISCRIMINATOR], recon, gan_on)
         total = cfg.l2 * l2 + cfg.vq * aux["vq_loss"] + gan_on * cfg.adversarial * g_adv
         terms = {"loss/l2": l2, "loss/vq": aux["vq_loss"], "loss/g_adv": g_adv,
                  "train/psnr": jnp.mean(losses.psnr(recon, images, max_val=2.0))}
         perceptual = None if self.perceptual is None else self.perceptual(recon, images)
         total = total + self._perceptual_term(perceptual, terms)
         return total, ({DISCRIMINATOR: recon}, aux, terms)
-
-    @staticmethod
-    def adversarial_loss(disc, d_params, fakes, gan_on):
-        """The generator's non-saturating loss on `fakes`; 0, and no D pass, before the GANs."""
-        def loss():
-            logits = disc.apply({"params": d_params}, fakes)
-            return losses.nonsaturating_generator_loss(logits)
-
-        return jax.lax.cond(gan_on > 0, loss, lambda: jnp.zeros((), jnp.float32))
 
     def _perceptual_term(self, distance, terms: dict):
         """λ_lpips · the LPIPS distance, logged in `terms`; 0 with LPIPS off (None)."""
@@ -169,40 +159,27 @@ class ViTVQGANTask:
         gan_on = (state.step >= self.config.loss.adversarial_start_step).astype(jnp.float32)
         step_rng = jax.random.fold_in(state.rng, state.step)
         loss_rng, restart_rng = jax.random.split(step_rng)
-        d_names = list(self.discriminators())
-        d_params = {name: state.params[name] for name in d_names}
+        d_params = {d.name: state.params[d.name] for d in self.discriminators}
 
+        # Generator loss, generator update, then for each discriminator its update.
         (g_total, (fakes, aux, terms)), g_grads = jax.value_and_grad(
             self.generator_loss, has_aux=True
         )(state.params[GENERATOR], d_params, batch, loss_rng, gan_on)
-        g_updates, g_opt = self.generator_tx.update(
-            g_grads, state.opt_state[GENERATOR], state.params[GENERATOR]
-        )
-        g_params = optax.apply_updates(state.params[GENERATOR], g_updates)
+        g_params, g_opt = gan.apply_gradients(
+            self.generator_tx, g_grads, state.opt_state[GENERATOR], state.params[GENERATOR])
         g_params, model_state, restarted = self._restart_codes(state, g_params, aux, restart_rng)
         params, opt_state = {GENERATOR: g_params}, {GENERATOR: g_opt}
         metrics = {"loss/total": g_total, **terms}
-        for name, disc in self.discriminators().items():
-            prefix = "" if name == DISCRIMINATOR else name.removesuffix(DISCRIMINATOR)
-
-            def update(name=name, disc=disc, prefix=prefix):
-                d_grads, d_metrics = self._discriminator_grads(
-                    disc, d_params[name], images, fakes[name], state.step, prefix
-                )
-                d_updates, d_opt = self.discriminator_tx.update(
-                    d_grads, state.opt_state[name], d_params[name]
-                )
-                return optax.apply_updates(d_params[name], d_updates), d_opt, d_metrics
-
-            def unchanged(name=name, update=update):
-                # Before the GANs start a discriminator is not run: its parameters and
-                # optimizer state (step count included) wait, its metrics read 0.
-                metrics_shape = jax.eval_shape(update)[2]
-                zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), metrics_shape)
-                return d_params[name], state.opt_state[name], zeros
-
-            params[name], opt_state[name], d_metrics = jax.lax.cond(gan_on > 0, update, unchanged)
+        for d in self.discriminators:
+            params[d.name], opt_state[d.name], d_metrics = d.update(
+                d_params[d.name], state.opt_state[d.name], images, fakes[d.name], state.step,
+                gan_on)
             metrics.update(d_metrics)
+        if self.keeps_ema:
+            beta = gan.ema_decay(state.step, self.config.global_batch_size,
+                                 self.ema.half_life_images, self.ema.rampup)
+            model_state = {**model_state, gan.GENERATOR_EMA: gan.update_ema(
+                state.model_state[gan.GENERATOR_EMA], g_params, beta)}
         new_state = state.replace(
             step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state
         )
@@ -216,37 +193,6 @@ class ViTVQGANTask:
             "train/grad_norm": optax.tree.norm(g_grads),
         })
         return new_state, metrics
-
-    def _discriminator_grads(self, disc, d_params, reals, fakes, step, prefix=""):
-        """∇ of the non-saturating D loss + lazy R1, and its metrics named with `prefix`."""
-        cfg = self.config.loss
-        fakes = jax.lax.stop_gradient(fakes)
-        r1_every = int(cfg.r1_every)
-        r1_due = (step % r1_every == 0).astype(jnp.float32)
-
-        def apply(params, images):
-            return disc.apply({"params": params}, images)
-
-        def discriminator_loss(params):
-            real_logits = apply(params, reals)
-            fake_logits = apply(params, fakes)
-            d_loss = losses.nonsaturating_discriminator_loss(real_logits, fake_logits)
-            # Lazy R1 (StyleGAN2 §B): every r1_every steps, scaled by the interval.
-            r1 = jax.lax.cond(
-                r1_due > 0,
-                lambda: losses.r1_penalty(lambda x: apply(params, x), reals),
-                lambda: jnp.zeros((), jnp.float32),
-            )
-            total = d_loss + r1_due * 0.5 * cfg.r1_gamma * r1_every * r1
-            return total, {
-                f"loss/{prefix}d": d_loss,
-                f"loss/{prefix}r1": r1,
-                f"gan/{prefix}real_logit": jnp.mean(real_logits),
-                f"gan/{prefix}fake_logit": jnp.mean(fake_logits),
-            }
-
-        (_, metrics), grads = jax.value_and_grad(discriminator_loss, has_aux=True)(d_params)
-        return grads, metrics
 
     def _restart_codes(self, state: TrainState, g_params, aux, rng):
         m = self.config.model
@@ -286,7 +232,7 @@ class ViTVQGANTask:
 
     # -- evaluation and pictures -------------------------------------------------------
     def _reconstruct(self, state: TrainState, images):
-        recon, _ = self.autoencoder.apply({"params": state.params[GENERATOR]}, images)
+        recon, _ = self.autoencoder.apply({"params": gan.inference_generator(state)}, images)
         return recon.astype(jnp.float32)
 
     def fid_images(self, state: TrainState, batch):

@@ -33,9 +33,9 @@ from vq3d_jax.models.vq3d import (
     render_view,
     triplane_field,
 )
+from vq3d_jax.tasks import gan
 from vq3d_jax.tasks.common import (
     DISCRIMINATOR,
-    GENERATOR,
     image_grid,
     images_to_float,
     images_to_uint8,
@@ -92,6 +92,8 @@ def resize_maps(maps: jax.Array, size: int) -> jax.Array:
 class VQ3DStage1Task(ViTVQGANTask):
     train_keys = ("image", "depth")
     decoder_name = "nerf"
+    # The novel-view D has the main D's architecture and its own parameters.
+    discriminator_names = (DISCRIMINATOR, NOVEL_DISCRIMINATOR)
 
     def decoder_head_options(self, model_config) -> dict:
         lift = model_config.get("plane_lift", "tokens")  # runs saved before the key: tokens
@@ -136,10 +138,6 @@ class VQ3DStage1Task(ViTVQGANTask):
                 "intrinsics", "novel_image", "novel_depth", "novel_intrinsics",
                 "novel_cam_to_world", "novel_yaw_pitch",
             )
-
-    def discriminators(self) -> dict:
-        # The novel-view D has the main D's architecture and its own parameters.
-        return {DISCRIMINATOR: self.discriminator, NOVEL_DISCRIMINATOR: self.discriminator}
 
     def init_generator(self, rng: jax.Array, images: jax.Array) -> dict:
         ae_rng, mlp_rng = jax.random.split(rng)
@@ -285,9 +283,9 @@ class VQ3DStage1Task(ViTVQGANTask):
         # (a third of a tiny step's time).
         novel = jax.lax.cond(gan_on > 0, novel_view, lambda: jnp.zeros_like(recon))
 
-        g_adv = self.adversarial_loss(self.discriminator, d_params[DISCRIMINATOR], recon, gan_on)
-        g_novel = self.adversarial_loss(self.discriminator, d_params[NOVEL_DISCRIMINATOR], novel,
-                                        gan_on)
+        main_d, novel_d = self.discriminators
+        g_adv = main_d.generator_loss(d_params[DISCRIMINATOR], recon, gan_on)
+        g_novel = novel_d.generator_loss(d_params[NOVEL_DISCRIMINATOR], novel, gan_on)
         total = (
             cfg.l2 * l2
             + cfg.vq * aux["vq_loss"]
@@ -372,8 +370,9 @@ class VQ3DStage1Task(ViTVQGANTask):
 
     def _views(self, state, images):
         """Deterministic canonical render → (planes, maps, reconstruction in [−1, 1])."""
-        planes, _ = self.planes(state.params[GENERATOR], images)
-        return (planes, *self._canonical_view(state.params[GENERATOR], planes))
+        g = gan.inference_generator(state)
+        planes, _ = self.planes(g, images)
+        return (planes, *self._canonical_view(g, planes))
 
     def fid_images(self, state, batch):
         """What FID scores: the canonical-view reconstructions, uint8 (rFID)."""
@@ -413,7 +412,7 @@ class VQ3DStage1Task(ViTVQGANTask):
 
         def view(c2w, k):
             maps = self.render(
-                state.params[GENERATOR][NERF], planes, c2w, jax.random.key(0),
+                gan.inference_generator(state)[NERF], planes, c2w, jax.random.key(0),
                 randomized=False, intrinsics=k,
             )
             return jnp.clip(self.to_image(maps["color"]), -1.0, 1.0)
@@ -459,7 +458,7 @@ class VQ3DStage1Task(ViTVQGANTask):
 
     def render_outputs(self, state, batch):
         """Per image: reconstruction, colour-mapped depth, and an orbit [T] (uint8)."""
-        g = state.params[GENERATOR]
+        g = gan.inference_generator(state)
         planes, _ = self.planes(g, images_to_float(batch["image"]))
         out = self.picture_planes(g, planes)
         return {"reconstruction": out.pop("image"), **out}
@@ -494,10 +493,11 @@ class VQ3DStage1Task(ViTVQGANTask):
     def density(self, state, batch):
         """σ and colour of each image's field at world `points` [B, P, 3] (for meshes)."""
         r = self.config.render
-        planes, _ = self.planes(state.params[GENERATOR], images_to_float(batch["image"]))
+        g = gan.inference_generator(state)
+        planes, _ = self.planes(g, images_to_float(batch["image"]))
 
         def one(p, points):
-            field = triplane_field(self.mlp, state.params[GENERATOR][NERF], p, r.scene_scale)
+            field = triplane_field(self.mlp, g[NERF], p, r.scene_scale)
             return field(points)
 
         sigma, color = jax.vmap(one)(planes, batch["points"])

@@ -37,7 +37,7 @@ from vq3d_jax.tasks.common import (
     GENERATOR,
     image_grid,
     images_to_float,
-    learning_rate_schedule,
+    make_optimizer,
 )
 from vq3d_jax.train.state import TrainState
 
@@ -58,6 +58,15 @@ def load_stage1_config(workdir: str) -> ml_collections.ConfigDict:
         config = ml_collections.ConfigDict(json.load(f))
     # Stage 2 never computes stage-1 losses: nothing of them needs loading.
     config.loss.lpips_weights = ""
+    if "generator" not in config.optim:  # runs saved before per-network optimizer blocks
+        flat = config.optim
+        shared = {k: flat[k] for k in ("warmup_steps", "decay", "b1", "b2", "grad_clip")}
+        config.optim = ml_collections.ConfigDict({
+            "generator": {**shared, "learning_rate": flat.learning_rate,
+                          "weight_decay": flat.weight_decay},
+            "discriminator": {**shared, "learning_rate": flat.disc_learning_rate,
+                              "weight_decay": 0.0},
+        })
     return config
 
 
@@ -106,12 +115,7 @@ class VQ3DStage2Task:
         self.prior = ar_prior.build(dims, remat=bool(p.remat), **common)
         self.decoder = ar_prior.build(dims, **common)  # decode step: never remat
         self.dims = dims
-        self.lr = learning_rate_schedule(o, o.learning_rate, config.total_steps)
-        self.tx = optax.chain(
-            optax.clip_by_global_norm(o.grad_clip),
-            optax.adamw(self.lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
-                        mask=decay_mask),
-        )
+        self.tx, self.lr = make_optimizer(o, config.total_steps, decay_mask=decay_mask)
         s = config.sample
         self.sampling = ar_prior.SamplingOptions(
             temperature=float(s.temperature), top_k=int(s.top_k), top_p=float(s.top_p),

@@ -1,0 +1,143 @@
+"""The GAN kit every adversarial task composes: discriminator updates, their gate, and an
+EMA of the generator's weights.
+
+- `Discriminator`: one discriminator's network, optimizer and R1 settings, with the
+  generator's non-saturating loss against it and its own update (non-saturating
+  logistic loss + lazy R1, StyleGAN2 §B), both skipped entirely (`lax.cond`) before
+  the GANs start: parameters, optimizer state and its step count wait.
+- `ema_decay` / `update_ema`: StyleGAN2's generator EMA with ramp-up (Karras et al.
+  2020, arXiv 1912.04958, §B; the half-life in images, shortened early in training).
+- `inference_generator`: the weights a task evaluates and samples with (the EMA when
+  the run keeps one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from vq3d_jax import losses
+from vq3d_jax.tasks.common import DISCRIMINATOR, GENERATOR
+
+# Key of TrainState.model_state holding the generator's EMA weights, when kept.
+GENERATOR_EMA = "generator_ema"
+
+
+def run_when(active: jax.Array, work: Callable[[], Any], idle: Callable[[], Any]):
+    """`work()` when `active` > 0, else `idle()`; XLA runs only the branch taken."""
+    return jax.lax.cond(active > 0, work, idle)
+
+
+def zeros_like_outputs(fn: Callable[[], Any]) -> Any:
+    """Zeros shaped like `fn()`'s outputs, found without running it."""
+    return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(fn))
+
+
+@dataclasses.dataclass(frozen=True)
+class Discriminator:
+    """One discriminator of a task: its parameter key, network, optimizer and R1 schedule.
+
+    `name` keys its parameters and optimizer state in the TrainState; its metrics are
+    prefixed by it, less the word "discriminator" (`loss/d`, `loss/novel_d`, ...).
+    """
+
+    name: str
+    network: nn.Module
+    tx: optax.GradientTransformation
+    r1_gamma: float
+    r1_every: int
+
+    @property
+    def prefix(self) -> str:
+        return "" if self.name == DISCRIMINATOR else self.name.removesuffix(DISCRIMINATOR)
+
+    def logits(self, params, images: jax.Array) -> jax.Array:
+        return self.network.apply({"params": params}, images)
+
+    def generator_loss(self, params, fakes: jax.Array, active: jax.Array) -> jax.Array:
+        """The generator's non-saturating loss on `fakes`; 0, and no D pass, while inactive."""
+        return run_when(
+            active,
+            lambda: losses.nonsaturating_generator_loss(self.logits(params, fakes)),
+            lambda: jnp.zeros((), jnp.float32),
+        )
+
+    def update(self, params, opt_state, reals, fakes, step, active):
+        """One optimizer step on the D loss → (params, opt_state, metrics); while inactive
+        the D is not run: parameters and optimizer state come back as they were, metrics 0.
+        """
+
+        def work():
+            grads, metrics = self.gradients(params, reals, fakes, step)
+            updates, new_opt_state = self.tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), new_opt_state, metrics
+
+        def idle():
+            return params, opt_state, zeros_like_outputs(work)[2]
+
+        return run_when(active, work, idle)
+
+    def gradients(self, params, reals, fakes, step):
+        """∇ of the non-saturating D loss + lazy R1 → (grads, metrics)."""
+        fakes = jax.lax.stop_gradient(fakes)
+        r1_due = (step % self.r1_every == 0).astype(jnp.float32)
+        p = self.prefix
+
+        def loss_fn(d_params):
+            real_logits = self.logits(d_params, reals)
+            fake_logits = self.logits(d_params, fakes)
+            d_loss = losses.nonsaturating_discriminator_loss(real_logits, fake_logits)
+            # Lazy R1 (StyleGAN2 §B): every r1_every steps, scaled by the interval.
+            r1 = jax.lax.cond(
+                r1_due > 0,
+                lambda: losses.r1_penalty(lambda x: self.logits(d_params, x), reals),
+                lambda: jnp.zeros((), jnp.float32),
+            )
+            total = d_loss + r1_due * 0.5 * self.r1_gamma * self.r1_every * r1
+            return total, {
+                f"loss/{p}d": d_loss,
+                f"loss/{p}r1": r1,
+                f"gan/{p}real_logit": jnp.mean(real_logits),
+                f"gan/{p}fake_logit": jnp.mean(fake_logits),
+            }
+
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return grads, metrics
+
+
+def apply_gradients(tx: optax.GradientTransformation, grads, opt_state, params):
+    """One optimizer step → (new params, new optimizer state)."""
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
+def ema_decay(step: jax.Array, batch_size: int, half_life_images: float,
+              rampup: float) -> jax.Array:
+    """β of StyleGAN2's generator EMA at `step` (StyleGAN2-ADA's training loop).
+
+    β = 0.5^(batch / h): the EMA forgets half of a weight's past in `h` images, with
+    h = min(half_life_images, images seen · rampup) when `rampup` > 0 (a short memory
+    early, when the weights move fast). At step 0 β = 0: the EMA starts as the weights.
+    """
+    half_life = jnp.asarray(half_life_images, jnp.float32)
+    if rampup > 0:
+        seen = step.astype(jnp.float32) * batch_size
+        half_life = jnp.minimum(half_life, seen * rampup)
+    return 0.5 ** (batch_size / jnp.maximum(half_life, 1e-8))
+
+
+def update_ema(ema, params, beta: jax.Array):
+    """ema ← params + β·(ema − params), leaf by leaf."""
+    return jax.tree.map(lambda e, p: p + beta * (e - p), ema, params)
+
+
+def inference_generator(state) -> Any:
+    """The generator weights to evaluate and sample with: the EMA when the run keeps one."""
+    model_state = state.model_state or {}
+    return model_state[GENERATOR_EMA] if GENERATOR_EMA in model_state else state.params[GENERATOR]
