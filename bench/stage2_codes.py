@@ -124,10 +124,11 @@ def main(argv):
     codes_dir = os.path.join(scratch, "codes")
 
     start = time.perf_counter()
-    rt, state = precompute_codes.load_stage1(stage2_config(stage1_dir, data_dir, ""))
+    rt, state, stage1_step = precompute_codes.load_stage1(stage2_config(stage1_dir, data_dir, ""))
     load_s = time.perf_counter() - start
     start = time.perf_counter()
-    meta = precompute_codes.precompute(rt, state, codes_dir, ("train",), overwrite=True)
+    meta = precompute_codes.precompute(rt, state, stage1_step, codes_dir, ("train",),
+                                       overwrite=True)
     precompute_s = time.perf_counter() - start
     num_images = meta["splits"]["train"]["num_examples"]
 

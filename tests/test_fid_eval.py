@@ -90,6 +90,7 @@ class _InvertTask:
     """A stand-in task: its 'reconstructions' are the inverted images."""
 
     train_keys = eval_keys = ("image",)
+    fid_images_are = "inverted images"
 
     def init_state(self, rng):
         from vq3d_jax.train.state import TrainState

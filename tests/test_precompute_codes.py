@@ -30,9 +30,9 @@ def _stage2_config(stage1_dir, data_dir):
 @pytest.fixture(scope="module")
 def written(tmp_path_factory, stage1_workdir, mini_data_dir):
     """The mini train and validation splits encoded into a codes dataset."""
-    rt, state = pc.load_stage1(_stage2_config(stage1_workdir, mini_data_dir))
+    rt, state, stage1_step = pc.load_stage1(_stage2_config(stage1_workdir, mini_data_dir))
     out = str(tmp_path_factory.mktemp("codes") / "mini_codes")
-    meta = pc.precompute(rt, state, out, ("train", "validation"))
+    meta = pc.precompute(rt, state, stage1_step, out, ("train", "validation"))
     return rt, state, out, meta
 
 

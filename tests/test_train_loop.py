@@ -213,6 +213,41 @@ def test_eval_mean_masks_padding_and_non_finite_examples(tmp_path):
     np.testing.assert_allclose(results["eval/value"], np.mean([1, 2, 3, 5, 6, 7, 8, 9, 10]))
 
 
+class _CountingFID:
+    """Stands in for the FID evaluator: 'scores' the number of real eval examples seen."""
+
+    def begin(self):
+        seen = []
+
+        class Pass:
+            def add(self, state, batch):
+                seen.append(int(np.sum(np.asarray(batch["mask"]))))
+
+            def finish(self):
+                return {"fid": float(sum(seen))}
+
+        return Pass()
+
+
+def test_a_task_scored_by_fid_alone_evaluates_with_fid_and_says_so_without(tmp_path):
+    """A task without per-example metrics (no eval_step, a GAN) gets FID from run_eval and,
+    with FID off, an error that names the missing weights instead of 'no batches'."""
+    from vq3d_jax.train.loop import build_runtime, init_state, run_eval
+    from vq3d_jax.train.task import PerExampleMetrics
+    from vq3d_jax.train.writer import MetricWriter
+
+    task = _NaNAtStep3Task()  # train/sample only
+    assert not isinstance(task, PerExampleMetrics)
+    rt = build_runtime(task, tiny_task_config(data=8))
+    mask = np.array([True] * 5 + [False] * 3)
+    batches = [{"image": np.ones((8, 2), np.float32), "mask": mask}] * 2
+    writer = MetricWriter(str(tmp_path), enabled=False)
+    results = run_eval(rt, init_state(rt), batches, writer, 0, fid=_CountingFID())
+    assert results == {"eval/fid": 10.0}
+    with pytest.raises(ValueError, match="FID alone.*inception_weights"):
+        run_eval(rt, init_state(rt), batches, writer, 0)
+
+
 def test_a_reader_never_touches_a_live_runs_checkpoints(tmp_path):
     """Eval/sample/stage 2 open another run's checkpoints read-only: a save in progress
     there (its *.orbax-checkpoint-tmp folder) survives, and nothing is created."""

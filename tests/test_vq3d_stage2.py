@@ -13,6 +13,7 @@ from PIL import Image, ImageSequence
 
 from configs import vq3d_stage1, vq3d_stage2
 from vq3d_jax.tasks import get_task
+from vq3d_jax.tasks.vq3d_stage2 import load_stage1_config
 from vq3d_jax.train import loop, sharding
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,7 +103,7 @@ def test_cli_trains_then_samples_scenes(tmp_path, stage1_workdir, mini_data_dir)
     a grid PNG, per-sample orbit GIFs and depth maps."""
     workdir = tmp_path / "stage2"
     train = _cli(workdir, stage1_workdir, mini_data_dir, "train")
-    assert "stage 1: generator of step 0" in train.stderr
+    assert "stage1: weights of step 0 from" in train.stderr
     with open(workdir / "metrics.jsonl") as f:
         rows = [json.loads(line) for line in f]
     # 16 codes of 64 at init: about log2(64) = 6 bits each.
@@ -126,3 +127,18 @@ def test_cli_trains_then_samples_scenes(tmp_path, stage1_workdir, mini_data_dir)
     # identical consecutive frames (a random stage 1 may render some alike).
     durations = [frame.info["duration"] for frame in ImageSequence.Iterator(orbit)]
     assert orbit.size == (32, 32) and sum(durations) == pytest.approx(4 * 1000 / 12, abs=4 * 5)
+
+
+def test_a_stage1_run_saved_with_one_flat_optim_block_still_loads(tmp_path):
+    """config.json of runs saved before per-network optimizer blocks: optim.learning_rate,
+    optim.disc_learning_rate and the shared Adam settings become the two blocks."""
+    stage1 = vq3d_stage1.get_config("tiny").to_dict()
+    blocks = stage1["optim"]
+    stage1["optim"] = {**{k: blocks["generator"][k] for k in
+                          ("warmup_steps", "decay", "b1", "b2", "grad_clip", "weight_decay",
+                           "learning_rate")},
+                       "disc_learning_rate": 2e-4}
+    (tmp_path / "config.json").write_text(json.dumps(stage1))
+    loaded = load_stage1_config(str(tmp_path))
+    assert loaded.optim.generator.to_dict() == blocks["generator"]
+    assert loaded.optim.discriminator.to_dict() == blocks["discriminator"]

@@ -94,6 +94,7 @@ def main(argv) -> None:
     from vq3d_jax import input_pipeline
     from vq3d_jax.tasks import get_task
     from vq3d_jax.train import loop
+    from vq3d_jax.train.task import EncodesCodes
 
     config = _CONFIG.value
     workdir = _WORKDIR.value
@@ -138,6 +139,9 @@ def main(argv) -> None:
         train_data.with_novel_views = False
         codes_checks = {}
         if config.data.get("codes_dir"):  # precomputed codes must fit the prior
+            if not isinstance(task, EncodesCodes):
+                sys.exit(f"FATAL: data.codes_dir is set, but config.task={config.task!r} "
+                         "does not train on codes.")
             codes_checks = {"codes_length": task.length, "codes_vocab_size": task.vocab_size}
         train_iter = input_pipeline.create_train_iterator(
             train_data, global_batch_size=config.global_batch_size, seed=config.seed,

@@ -19,6 +19,7 @@ from PIL import Image
 from vq3d_jax import input_pipeline, visualize
 from vq3d_jax.train import loop
 from vq3d_jax.train import sharding as sharding_lib
+from vq3d_jax.train.task import HasDensity, RendersScenes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -74,8 +75,11 @@ def _batches(images: np.ndarray, batch_size: int):
 def render(rt: loop.Runtime, state, names, images, out_dir: str, *, video_ext: str = ".gif",
            mesh: MeshOptions | None = None) -> list[str]:
     task = rt.task
-    if not hasattr(task, "render_outputs"):
-        raise ValueError("--mode=render needs the NeRF decoder (model.decoder='nerf').")
+    if not isinstance(task, RendersScenes):
+        raise ValueError(f"--mode=render: {type(task).__name__} renders no scenes (VQ3D "
+                         "stage 1 does, with model.decoder='nerf').")
+    if mesh is not None and not isinstance(task, HasDensity):
+        raise ValueError(f"--mesh: {type(task).__name__} has no density field to mesh.")
     if jax.process_count() > 1:
         # Every image is read and written by one host; a few images need no pod.
         raise ValueError("--mode=render runs in one process; launch it without --distributed.")

@@ -30,6 +30,7 @@ from absl import logging
 from vq3d_jax.metrics import fid as fid_lib
 from vq3d_jax.models import inception, pretrained
 from vq3d_jax.train import sharding as sharding_lib
+from vq3d_jax.train.task import ScoredByFID
 
 WEIGHTS_KEY = "eval.fid.inception_weights"
 _RESIZE = "bilinear to 299² without antialias (half-pixel centres), then [−1, 1]"
@@ -72,6 +73,9 @@ def from_config(config, runtime, num_examples: int) -> FIDEvaluator | None:
             inception.SPEC.missing_message(WEIGHTS_KEY, config.eval.fid.inception_weights),
         )
         return None
+    if not isinstance(runtime.task, ScoredByFID):
+        logging.info("FID/KID are off: %s has no images to score.", type(runtime.task).__name__)
+        return None
     return FIDEvaluator(config.eval.fid, config.data, num_examples, runtime.mesh,
                         runtime.state_shardings, runtime.task)
 
@@ -92,7 +96,7 @@ class FIDEvaluator:
         self.image_size = int(data_config.image_size)
         self.num_examples = num_examples
         # What the protocol line calls the scored images (stage 1: reconstructions).
-        self.scored = getattr(task, "fid_images_are", "reconstructions")
+        self.scored = task.fid_images_are
         batch, replicated = sharding_lib.batch_sharding(mesh), sharding_lib.replicated(mesh)
 
         def features(params, images, mask):

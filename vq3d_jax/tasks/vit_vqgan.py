@@ -213,6 +213,10 @@ class ViTVQGANTask:
         g_params = {**g_params, "quantizer": {**quantizer, "codebook": codebook}}
         return g_params, {**state.model_state, "code_usage": usage}, restarted
 
+    def inference_generator(self, state: TrainState):
+        """The generator weights eval and pictures use: the EMA when the run keeps one."""
+        return gan.inference_generator(state)
+
     # -- codes (what a stage-2 prior models) ----------------------------------------------
     def autoencoder_params(self, g_params) -> dict:
         """The `VitVQGAN` part of the generator's params (here: all of them)."""
@@ -232,7 +236,7 @@ class ViTVQGANTask:
 
     # -- evaluation and pictures -------------------------------------------------------
     def _reconstruct(self, state: TrainState, images):
-        recon, _ = self.autoencoder.apply({"params": gan.inference_generator(state)}, images)
+        recon, _ = self.autoencoder.apply({"params": self.inference_generator(state)}, images)
         return recon.astype(jnp.float32)
 
     def fid_images(self, state: TrainState, batch):

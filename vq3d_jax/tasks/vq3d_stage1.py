@@ -33,7 +33,6 @@ from vq3d_jax.models.vq3d import (
     render_view,
     triplane_field,
 )
-from vq3d_jax.tasks import gan
 from vq3d_jax.tasks.common import (
     DISCRIMINATOR,
     image_grid,
@@ -370,7 +369,7 @@ class VQ3DStage1Task(ViTVQGANTask):
 
     def _views(self, state, images):
         """Deterministic canonical render → (planes, maps, reconstruction in [−1, 1])."""
-        g = gan.inference_generator(state)
+        g = self.inference_generator(state)
         planes, _ = self.planes(g, images)
         return (planes, *self._canonical_view(g, planes))
 
@@ -412,7 +411,7 @@ class VQ3DStage1Task(ViTVQGANTask):
 
         def view(c2w, k):
             maps = self.render(
-                gan.inference_generator(state)[NERF], planes, c2w, jax.random.key(0),
+                self.inference_generator(state)[NERF], planes, c2w, jax.random.key(0),
                 randomized=False, intrinsics=k,
             )
             return jnp.clip(self.to_image(maps["color"]), -1.0, 1.0)
@@ -458,7 +457,7 @@ class VQ3DStage1Task(ViTVQGANTask):
 
     def render_outputs(self, state, batch):
         """Per image: reconstruction, colour-mapped depth, and an orbit [T] (uint8)."""
-        g = gan.inference_generator(state)
+        g = self.inference_generator(state)
         planes, _ = self.planes(g, images_to_float(batch["image"]))
         out = self.picture_planes(g, planes)
         return {"reconstruction": out.pop("image"), **out}
@@ -493,7 +492,7 @@ class VQ3DStage1Task(ViTVQGANTask):
     def density(self, state, batch):
         """σ and colour of each image's field at world `points` [B, P, 3] (for meshes)."""
         r = self.config.render
-        g = gan.inference_generator(state)
+        g = self.inference_generator(state)
         planes, _ = self.planes(g, images_to_float(batch["image"]))
 
         def one(p, points):

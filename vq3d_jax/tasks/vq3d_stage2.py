@@ -25,21 +25,19 @@ import json
 import math
 import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from absl import logging
 
 from vq3d_jax.models import ar_prior
 from vq3d_jax.tasks.common import (
-    GENERATOR,
     image_grid,
     images_to_float,
     make_optimizer,
 )
 from vq3d_jax.train.state import TrainState
+from vq3d_jax.train.task import CodeAutoencoder, Pretrained
 
 PRIOR = "prior"
 STAGE1 = "stage1"
@@ -89,6 +87,10 @@ class VQ3DStage2Task:
         if self.stage1_workdir:
             stage1_config = load_stage1_config(self.stage1_workdir)
             self.stage1 = get_task(stage1_config)
+            if not isinstance(self.stage1, CodeAutoencoder):
+                raise ValueError(
+                    f"stage1.workdir={self.stage1_workdir!r} holds a {stage1_config.task!r} "
+                    "run, which has no codes to model (train VQ3D stage 1 there).")
             m1 = stage1_config.model
             size = int(stage1_config.data.image_size)
             if size != int(config.data.image_size):
@@ -137,7 +139,7 @@ class VQ3DStage2Task:
         params = {PRIOR: self.prior.init(prior_rng, codes, jnp.zeros((1,), jnp.int32))["params"]}
         model_state = {}
         if self.stage1 is not None:
-            # Zeros of the right shapes and logical axes; `load_pretrained` fills them
+            # Zeros of the right shapes and logical axes; the loop fills them (`pretrained`)
             # (zeros, not a random init: that would compile the stage-1 init for nothing).
             size = int(self.config.data.image_size)
             images = jnp.zeros((1, size, size, 3), jnp.float32)
@@ -151,38 +153,13 @@ class VQ3DStage2Task:
             model_state=model_state,
         )
 
-    def load_pretrained(self, state: TrainState, runtime) -> TrainState:
-        """After a fresh init: the stage-1 generator from the stage-1 run's newest checkpoint."""
+    def pretrained(self) -> list[Pretrained]:
+        """The stage-1 generator (its EMA when it kept one) from the stage-1 run's newest
+        checkpoint, into `model_state['stage1']` (the loop restores it after a fresh init)."""
         if self.stage1 is None:
-            return state
-        from vq3d_jax.train import sharding as sharding_lib
-        from vq3d_jax.train.checkpoint import Checkpointer
-
-        directory = os.path.join(self.stage1_workdir, "checkpoints")
-        if not os.path.isdir(directory):
-            raise FileNotFoundError(
-                f"stage1.workdir={self.stage1_workdir!r} has no checkpoints/: train stage 1 "
-                "there first."
-            )
-        boxed = jax.eval_shape(self.stage1.init_state, jax.random.PRNGKey(0))
-        shardings = sharding_lib.state_shardings(
-            boxed, runtime.mesh, runtime.rules, runtime.config.sharding.fallback_min_mb)
-        abstract = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            nn.meta.unbox(boxed), shardings)
-        ckpt = Checkpointer(directory, keep=1, save_every=1, read_only=True)
-        try:
-            restored = ckpt.restore_latest(abstract)
-        finally:
-            ckpt.close()
-        if restored is None:
-            raise FileNotFoundError(f"No stage-1 checkpoint under {directory}.")
-        stage1_state, step = restored
-        self.stage1_step = step  # recorded with precomputed codes
-        logging.info("stage 1: generator of step %d from %s", step, directory)
-        generator = jax.device_put(stage1_state.params[GENERATOR],
-                                   runtime.state_shardings.model_state[STAGE1])
-        return state.replace(model_state={**state.model_state, STAGE1: generator})
+            return []
+        return [Pretrained(name=STAGE1, workdir=self.stage1_workdir, task=self.stage1,
+                           select=self.stage1.inference_generator, into=("model_state", STAGE1))]
 
     # -- codes -------------------------------------------------------------------------
     def _stage1_params(self, state: TrainState):

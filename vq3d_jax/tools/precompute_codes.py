@@ -227,28 +227,37 @@ def encoded_examples(rt, state, batches, *, stats: dict | None = None,
 
 
 def load_stage1(config, devices=None):
-    """The stage-2 runtime of `config` and its state with the stage-1 generator loaded.
+    """→ (the stage-2 runtime of `config`, its state with the stage-1 generator loaded,
+    the stage-1 step that generator comes from).
 
     `config`: a stage-2 config with ``stage1.workdir`` set. The prior is not used here:
     it is built at its smallest (its parameters and optimizer state are allocated by
     ``init_state`` all the same) and without fused attention.
     """
     from vq3d_jax.tasks import get_task
+    from vq3d_jax.tasks.vq3d_stage2 import STAGE1
     from vq3d_jax.train import loop
+    from vq3d_jax.train.task import EncodesCodes
 
     if not config.stage1.workdir:
         raise ValueError("Set --config.stage1.workdir to the stage-1 run whose codes to store.")
     config = config.copy_and_resolve_references()
     config.prior.update(size="tiny", remat=False, attention_impl="")
-    rt = loop.build_runtime(get_task(config), config, devices=devices)
-    return rt, loop.init_state(rt)  # init_state → task.load_pretrained: stage 1
+    task = get_task(config)
+    if not isinstance(task, EncodesCodes):
+        raise ValueError(f"--mode=codes: config.task={config.task!r} does not encode codes "
+                         "(use a VQ3D stage-2 config).")
+    rt = loop.build_runtime(task, config, devices=devices)
+    state, steps = loop.load_pretrained(rt, loop.init_state(rt, pretrained=False))
+    return rt, state, steps[STAGE1]
 
 
-def precompute(rt, state, output_dir: str, splits: Sequence[str] = ("train", "validation"),
-               *, overwrite: bool = False) -> dict:
+def precompute(rt, state, stage1_step: int, output_dir: str,
+               splits: Sequence[str] = ("train", "validation"), *,
+               overwrite: bool = False) -> dict:
     """Encodes `splits` of ``data.name`` of `rt`'s config into a codes dataset.
 
-    `rt`, `state`: from `load_stage1`. Every process calls this; process 0 writes.
+    `rt`, `state`, `stage1_step`: from `load_stage1`. Every process calls this; process 0 writes.
     Returns the metadata written, with per-split ``num_examples`` and ``num_skipped``.
     """
     import jax
@@ -266,7 +275,7 @@ def precompute(rt, state, output_dir: str, splits: Sequence[str] = ("train", "va
         "length": int(task.length),
         "image_size": int(config.data.image_size),
         "stage1_workdir": os.path.abspath(task.stage1_workdir),
-        "stage1_step": int(task.stage1_step),  # what load_pretrained restored
+        "stage1_step": int(stage1_step),
         "source_dataset": str(config.data.name),
         "source_data_dir": str(config.data.data_dir),
         "splits": {},
@@ -306,8 +315,9 @@ def run(config, output_dir: str, splits: Sequence[str], *, overwrite: bool = Fal
 
     if jax.process_index() == 0:  # refuse before the minutes of loading
         _check_output(epath.Path(output_dir), overwrite)
-    rt, state = load_stage1(config)
-    summary = precompute(rt, state, output_dir, [s for s in splits if s], overwrite=overwrite)
+    rt, state, stage1_step = load_stage1(config)
+    summary = precompute(rt, state, stage1_step, output_dir, [s for s in splits if s],
+                         overwrite=overwrite)
     if jax.process_index() == 0:
         print(json.dumps({"output_dir": output_dir, **summary}, indent=1))
     return summary

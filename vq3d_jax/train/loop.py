@@ -24,6 +24,7 @@ from clu import metrics as clu_metrics
 from vq3d_jax.train import sharding as sharding_lib
 from vq3d_jax.train.checkpoint import Checkpointer
 from vq3d_jax.train.preemption import PreemptionWatch
+from vq3d_jax.train.task import LoadsPretrained, PerExampleMetrics
 from vq3d_jax.train.writer import MetricWriter, Progress, format_progress
 
 
@@ -70,18 +71,23 @@ def build_runtime(task, config, devices=None) -> Runtime:
             f"global_batch_size={config.global_batch_size} is not divisible by the batch "
             f"axes data×fsdp={divisor} of mesh {dict(mesh.shape)}."
         )
-    rng = jax.random.PRNGKey(config.seed)
-    # Abstract init outside the mesh context: there the activation constraints are
-    # no-ops, inside they would demand concrete shardings of the abstract values.
-    boxed = jax.eval_shape(task.init_state, rng)
-    shardings = sharding_lib.state_shardings(boxed, mesh, rules, config.sharding.fallback_min_mb)
+    boxed = jax.eval_shape(task.init_state, jax.random.PRNGKey(config.seed))
+    shardings, abstract = abstract_state(boxed, mesh, rules, config.sharding.fallback_min_mb)
+    _log_state_size(abstract, mesh)
+    return Runtime(task, config, mesh, rules, shardings, abstract)
+
+
+def abstract_state(boxed, mesh, rules, fallback_min_mb: float):
+    """A boxed abstract state (`jax.eval_shape` of an `init_state`, run outside the mesh
+    context: inside, the activation constraints would demand concrete shardings of the
+    abstract values) → (its shardings, ShapeDtypeStructs carrying them)."""
+    shardings = sharding_lib.state_shardings(boxed, mesh, rules, fallback_min_mb)
     abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         nn.meta.unbox(boxed),
         shardings,
     )
-    _log_state_size(abstract, mesh)
-    return Runtime(task, config, mesh, rules, shardings, abstract)
+    return shardings, abstract
 
 
 def _log_state_size(abstract, mesh) -> None:
@@ -96,15 +102,60 @@ def _log_state_size(abstract, mesh) -> None:
     )
 
 
-def init_state(rt: Runtime):
+def init_state(rt: Runtime, *, pretrained: bool = True):
+    """A fresh state; with `pretrained`, the task's `Pretrained` runs loaded into it."""
     init = jax.jit(
         lambda rng: nn.meta.unbox(rt.task.init_state(rng)), out_shardings=rt.state_shardings
     )
     with rt.scope():
         state = init(jax.random.PRNGKey(rt.config.seed))
-    # A task built on a pretrained network (stage 2 on stage 1) fills it in here.
-    load = getattr(rt.task, "load_pretrained", None)
-    return state if load is None else load(state, rt)
+    return load_pretrained(rt, state)[0] if pretrained else state
+
+
+def load_pretrained(rt: Runtime, state) -> tuple[Any, dict[str, int]]:
+    """Restores each `Pretrained` run of the task (train/task.py) into its sub-tree of
+    `state`, from that run's newest checkpoint → (state, {name: step restored})."""
+    if not isinstance(rt.task, LoadsPretrained):
+        return state, {}
+    steps = {}
+    for spec in rt.task.pretrained():
+        directory = os.path.join(spec.workdir, "checkpoints")
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(
+                f"{spec.name}: {spec.workdir!r} has no checkpoints/: train that run there "
+                "first."
+            )
+        boxed = jax.eval_shape(spec.task.init_state, jax.random.PRNGKey(0))
+        _, abstract = abstract_state(boxed, rt.mesh, rt.rules,
+                                     rt.config.sharding.fallback_min_mb)
+        ckpt = Checkpointer(directory, keep=1, save_every=1, read_only=True)
+        try:
+            restored = ckpt.restore_latest(abstract)
+        finally:
+            ckpt.close()
+        if restored is None:
+            raise FileNotFoundError(f"{spec.name}: no checkpoint under {directory}.")
+        other, steps[spec.name] = restored
+        value = jax.device_put(spec.select(other), _subtree(rt.state_shardings, spec.into))
+        state = _with_subtree(state, spec.into, value)
+        logging.info("%s: weights of step %d from %s", spec.name, steps[spec.name], directory)
+    return state, steps
+
+
+def _subtree(state, path: tuple[str, ...]):
+    node = getattr(state, path[0])
+    for key in path[1:]:
+        node = node[key]
+    return node
+
+
+def _with_subtree(state, path: tuple[str, ...], value):
+    def put(node, keys):
+        if not keys:
+            return value
+        return {**node, keys[0]: put(node[keys[0]], keys[1:])}
+
+    return state.replace(**{path[0]: put(getattr(state, path[0]), path[1:])})
 
 
 def compile_train_step(rt: Runtime) -> Callable:
@@ -245,26 +296,38 @@ def run_eval(rt: Runtime, state, eval_batches, writer: MetricWriter, step: int,
     """Masked means of the task's per-example metrics over a whole split.
 
     `fid`: a `metrics.evaluator.FIDEvaluator`, or None; with one, the same pass
-    also scores the task's `fid_images` (FID, KID, IS).
+    also scores the task's `fid_images` (FID, KID, IS). A task without per-example
+    metrics (`PerExampleMetrics`) is scored by FID alone.
     """
     task = rt.task
-    eval_fn = rt.compiled("eval", _masked_eval_sums(task))
+    per_example = isinstance(task, PerExampleMetrics)
+    if not per_example and fid is None:
+        raise ValueError(
+            f"{type(task).__name__} is scored by FID alone (it has no per-example metrics) "
+            "and FID is off: set --config.eval.fid.inception_weights (README: FID, KID "
+            "and LPIPS)."
+        )
+    eval_fn = rt.compiled("eval", _masked_eval_sums(task)) if per_example else None
     totals: dict[str, float] = {}
     counts: dict[str, float] = {}
+    num_batches = 0
     with rt.scope():
         fid_pass = fid.begin() if fid is not None else None
         for local in eval_batches:
             batch = sharding_lib.global_batch(_select(local, (*task.eval_keys, "mask")), rt.mesh)
-            batch_totals, batch_counts = jax.device_get(eval_fn(state, batch))
-            for k in batch_totals:
-                totals[k] = totals.get(k, 0.0) + float(batch_totals[k])
-                counts[k] = counts.get(k, 0.0) + float(batch_counts[k])
+            num_batches += 1
+            if eval_fn is not None:
+                batch_totals, batch_counts = jax.device_get(eval_fn(state, batch))
+                for k in batch_totals:
+                    totals[k] = totals.get(k, 0.0) + float(batch_totals[k])
+                    counts[k] = counts.get(k, 0.0) + float(batch_counts[k])
             if fid_pass is not None:
                 fid_pass.add(state, batch)
-    if not counts:
+    if not num_batches:
         raise ValueError("The evaluation split yielded no batches.")
     results = {f"eval/{k}": totals[k] / max(counts[k], 1.0) for k in totals}
-    results["eval/num_examples"] = max(counts.values())
+    if counts:
+        results["eval/num_examples"] = max(counts.values())
     if fid_pass is not None:
         results.update({f"eval/{k}": v for k, v in fid_pass.finish().items()})
     writer.write_scalars(step, results)
