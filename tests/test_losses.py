@@ -15,12 +15,8 @@ from vq3d_jax.losses import (
     psnr,
     r1_penalty,
 )
-from vq3d_jax.nn.stylegan import (
-    EqualDense,
-    ResidualDiscriminator,
-    blur_downsample,
-    minibatch_stddev,
-)
+from vq3d_jax.models.discriminator import ResidualDiscriminator
+from vq3d_jax.nn.stylegan import EqualDense, blur_downsample, minibatch_stddev
 
 TINY_D = dict(resolution=32, channel_base=256, channel_max=32)
 

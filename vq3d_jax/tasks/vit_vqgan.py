@@ -14,9 +14,9 @@ import optax
 
 from vq3d_jax import losses
 from vq3d_jax.models import lpips
+from vq3d_jax.models.discriminator import ResidualDiscriminator
 from vq3d_jax.models.vit_vqgan import VitVQGAN
 from vq3d_jax.nn.quantizer import code_counts, restart_dead_codes
-from vq3d_jax.nn.stylegan import ResidualDiscriminator
 from vq3d_jax.tasks import gan
 from vq3d_jax.tasks.common import (
     DISCRIMINATOR,
