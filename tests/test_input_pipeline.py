@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from vq3d_jax import input_pipeline as ip
-from vq3d_jax.datasets import raycast as rc
-from vq3d_jax.datasets import synthetic_scenes
+from vq3d_jax.datasets import cameras_np, raycast, scenes, synthetic_scenes
 
 RES = 32
 
@@ -38,7 +37,7 @@ def _record(i: int) -> dict:
 
     ``label`` is the record's index here, so that tests can tell examples apart.
     """
-    ex = synthetic_scenes.to_tfds_example(rc.generate_example("test", i % 8, RES), i)
+    ex = synthetic_scenes.to_tfds_example(raycast.generate_example("test", i % 8, RES), i)
     ex["label"] = i
     nv = ex["novel_views"]
     ex["novel_views"] = {
@@ -70,7 +69,7 @@ def test_train_batch_shapes_and_dtypes():
         cfg, global_batch_size=4, seed=0, process_index=0, process_count=1, source=_source(8)
     )
     b = next(it)
-    k = rc.NUM_NOVEL_VIEWS
+    k = scenes.NUM_NOVEL_VIEWS
     expected = {
         "image": ((4, 24, 24, 3), np.uint8),
         "label": ((4,), np.int32),
@@ -86,7 +85,7 @@ def test_train_batch_shapes_and_dtypes():
     }
     assert {key: (v.shape, v.dtype) for key, v in b.items()} == expected
     # 32 -> 24: focal length and principal point scale by 3/4.
-    k32 = rc.intrinsics_from_fov(rc.FOV_DEG, RES, RES)
+    k32 = cameras_np.intrinsics_from_fov(scenes.FOV_DEG, RES, RES)
     np.testing.assert_allclose(b["intrinsics"][0], np.diag([0.75, 0.75, 1.0]) @ k32, rtol=1e-6)
     assert np.isinf(b["depth"]).any() and np.isfinite(b["depth"]).any()
     assert "tensorflow" not in sys.modules
@@ -275,7 +274,7 @@ def test_flip_mirrors_image_depth_and_camera_consistently():
     # about the mirrored pivot.
     pivot = record["scene_center"].astype(np.float64) * np.array([-1.0, 1.0, 1.0])
     for (yaw, pitch), cam in zip(flipped["novel_yaw_pitch"], flipped["novel_cam_to_world"]):
-        np.testing.assert_allclose(cam, rc.orbit(fc2w, pivot, yaw, pitch), atol=1e-4)
+        np.testing.assert_allclose(cam, cameras_np.orbit(fc2w, pivot, yaw, pitch), atol=1e-4)
 
 
 def test_tfds_source_end_to_end(tmp_path_factory):
