@@ -4,12 +4,13 @@ import io
 import os
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from vq3d_jax.datasets import raycast, scenes, synthetic_scenes
+from vq3d_jax.datasets import pipeline, raycast, scenes, synthetic_scenes
 
 NAME = "synthetic_scenes/mini"
 
@@ -17,7 +18,7 @@ NAME = "synthetic_scenes/mini"
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("tfds_scenes"))
-    synthetic_scenes.ensure_built(NAME, path)
+    pipeline.prepare(ml_collections.ConfigDict({"name": NAME, "data_dir": path}))
     return path
 
 
