@@ -29,7 +29,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from vq3d_jax import input_pipeline  # noqa: E402
+from vq3d_jax.datasets import pipeline  # noqa: E402
 from vq3d_jax.tasks import get_task  # noqa: E402
 from vq3d_jax.tasks.common import GENERATOR, images_to_float  # noqa: E402
 from vq3d_jax.tasks.vq3d_stage1 import NERF, resize_maps  # noqa: E402
@@ -74,7 +74,8 @@ def main(_):
 
     rows = []
     near_limit = 2.0 * config.render.camera_distance
-    for batch in input_pipeline.create_eval_iterator(
+    pipeline.prepare(config.data)
+    for batch in pipeline.create_eval_iterator(
             config.data, split=config.data.eval_split, global_batch_size=32,
             num_examples=_NUM_SCENES.value):
         disp = np.asarray(disparity(images_to_float(jnp.asarray(batch["image"]))), np.float64)

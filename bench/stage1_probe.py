@@ -47,8 +47,8 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from bench.common import emit  # noqa: E402
-from vq3d_jax import input_pipeline, losses  # noqa: E402
-from vq3d_jax.datasets import synthetic_scenes  # noqa: E402
+from vq3d_jax import losses  # noqa: E402
+from vq3d_jax.datasets import pipeline  # noqa: E402
 from vq3d_jax.models.vit_vqgan import VitVQGAN, patchify  # noqa: E402
 from vq3d_jax.nn.vit import sincos_2d_position_embedding  # noqa: E402
 from vq3d_jax.tasks import get_task  # noqa: E402
@@ -96,7 +96,7 @@ def ridge_probe_psnr(features, targets, ridge: float = 1e-3) -> float:
 
 
 def first_batch(data, split: str, count: int, keys) -> dict:
-    batch = next(iter(input_pipeline.create_eval_iterator(
+    batch = next(iter(pipeline.create_eval_iterator(
         data, split=split, global_batch_size=count, num_examples=count)))
     return {k: jnp.asarray(batch[k]) for k in keys if k in batch}
 
@@ -109,7 +109,7 @@ def main(argv) -> None:
     if memorise:
         config.loss.adversarial_start_step = 2**30
         config.global_batch_size = memorise
-    synthetic_scenes.ensure_built(config.data.name, config.data.data_dir or None)
+    pipeline.prepare(config.data)
     task = get_task(config)
     data = config.data.copy_and_resolve_references()
     if memorise:
@@ -119,7 +119,7 @@ def main(argv) -> None:
     else:
         probe_batch = first_batch(data, config.data.eval_split, _EVAL_IMAGES.value,
                                   task.eval_keys)
-        train_iter = input_pipeline.create_train_iterator(
+        train_iter = pipeline.create_train_iterator(
             data, global_batch_size=config.global_batch_size, seed=config.seed)
         batches = ({k: b[k] for k in task.train_keys} for b in train_iter)
     images = images_to_float(probe_batch["image"])

@@ -34,8 +34,7 @@ from absl import app, flags  # noqa: E402
 
 from bench.common import emit, median_seconds  # noqa: E402
 from configs import vq3d_stage1, vq3d_stage2  # noqa: E402
-from vq3d_jax import input_pipeline  # noqa: E402
-from vq3d_jax.datasets import synthetic_scenes  # noqa: E402
+from vq3d_jax.datasets import pipeline  # noqa: E402
 from vq3d_jax.tasks import get_task  # noqa: E402
 from vq3d_jax.tools import precompute_codes  # noqa: E402
 from vq3d_jax.train import loop, sharding  # noqa: E402
@@ -77,7 +76,7 @@ def time_path(config) -> dict:
     rt = loop.build_runtime(task, config)
     state = loop.init_state(rt)
     step = loop.compile_train_step(rt)
-    train_iter = input_pipeline.create_train_iterator(
+    train_iter = pipeline.create_train_iterator(
         config.data, global_batch_size=config.global_batch_size, seed=0,
         codes_length=task.length, codes_vocab_size=task.vocab_size)
     cell = {"state": state}
@@ -119,7 +118,7 @@ def main(argv):
     del argv
     scratch = _WORKDIR.value or tempfile.mkdtemp(prefix="stage2_codes_")
     data_dir = _DATA_DIR.value or os.path.join(scratch, "tfds")
-    synthetic_scenes.ensure_built(_DATA_NAME.value, data_dir)
+    pipeline.prepare(stage2_config("", data_dir, "").data)
     stage1_dir = make_stage1_run(os.path.join(scratch, "stage1"), data_dir)
     codes_dir = os.path.join(scratch, "codes")
 

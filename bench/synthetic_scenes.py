@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 # Runnable as `python bench/synthetic_scenes.py` from a checkout (no install needed).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import emit  # noqa: E402
-from vq3d_jax.datasets import raycast, synthetic_scenes  # noqa: E402
+from vq3d_jax.datasets import raycast, scenes, synthetic_scenes  # noqa: E402
 
 TARGET = 100.0  # scenes/s at 64^2 on one core
 
@@ -40,7 +40,7 @@ def _pin_to_one_core() -> int | None:
 
 
 def _rate(resolution: int, num_scenes: int, serialize: bool) -> float:
-    features = synthetic_scenes._features(resolution) if serialize else None
+    features = synthetic_scenes.features(resolution) if serialize else None
     for i in range(3):  # warm-up: imports, caches
         synthetic_scenes.to_tfds_example(raycast.generate_example("train", i, resolution), i)
     start = time.perf_counter()
@@ -67,7 +67,7 @@ def main() -> None:
         "target_scenes_per_s": TARGET,
         "meets_target": r64 >= TARGET,
         "compared_with": "issue target: >=100 scenes/s at 64^2 on one CPU core",
-        "views_per_scene": 1 + raycast.NUM_NOVEL_VIEWS,
+        "views_per_scene": 1 + scenes.NUM_NOVEL_VIEWS,
         "num_scenes": args.num_scenes,
         "res128_scenes_per_s": round(r128, 1),
         "res128_num_scenes": args.num_scenes_128,

@@ -55,8 +55,7 @@ from etils import epath
 
 # Runnable as `python data/prepare_depth.py` from a checkout (no install needed).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from vq3d_jax import input_pipeline  # noqa: E402
-from vq3d_jax.datasets import synthetic_scenes  # noqa: E402
+from vq3d_jax.datasets import pipeline, synthetic_scenes  # noqa: E402
 
 DepthFn = Callable[[np.ndarray], np.ndarray]
 
@@ -152,12 +151,14 @@ class PseudoDepthDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True
 
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing to download
+        # A synthetic-scenes source is built on first use.
+        pipeline.prepare(self._source_cfg, process_index=0, process_count=1)
         return {split: self._generate_examples(split) for split in self._args.splits}
 
     def _generate_examples(self, split: str):
         args = self._args
         # The eval iterator reads in a fixed order and pads and masks the last batch.
-        batches = input_pipeline.create_eval_iterator(
+        batches = pipeline.create_eval_iterator(
             self._source_cfg,
             split=split,
             global_batch_size=args.batch_size,

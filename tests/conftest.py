@@ -23,10 +23,13 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def mini_data_dir(tmp_path_factory):
     """The `mini` synthetic scenes (32², 128/32/32 scenes), built once per session."""
-    from vq3d_jax.datasets import synthetic_scenes
+    import ml_collections
+
+    from vq3d_jax.datasets import pipeline
 
     data_dir = str(tmp_path_factory.mktemp("tfds"))
-    synthetic_scenes.ensure_built("synthetic_scenes/mini", data_dir)
+    data = ml_collections.ConfigDict({"name": "synthetic_scenes/mini", "data_dir": data_dir})
+    pipeline.prepare(data)
     return data_dir
 
 

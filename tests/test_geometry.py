@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from vq3d_jax import geometry as geo
-from vq3d_jax.datasets import raycast as rc
+from vq3d_jax.datasets import cameras_np, raycast
 
 g = types.SimpleNamespace(
     intrinsics_from_fov=jax.jit(geo.intrinsics_from_fov, static_argnums=(1, 2)),
@@ -43,23 +43,23 @@ g = types.SimpleNamespace(
 def _random_pose(rng):
     eye = rng.uniform(-4.0, 4.0, 3) + np.array([0.0, -1.0, -6.0])
     target = rng.uniform(-1.0, 1.0, 3)
-    return rc.look_at(eye, target), target
+    return cameras_np.look_at(eye, target), target
 
 
 def test_cameras_match_dataset_numpy_helpers():
     rng = np.random.default_rng(0)
     height, width = 5, 7  # H != W catches swapped arguments
-    k_np = rc.intrinsics_from_fov(47.0, width, height)  # numpy order: (width, height)
+    k_np = cameras_np.intrinsics_from_fov(47.0, width, height)  # numpy order: (width, height)
     k = g.intrinsics_from_fov(47.0, height, width)
     np.testing.assert_allclose(k, k_np, rtol=1e-6)
 
     poses, orbits = [], []
     for _ in range(3):
         eye, target = rng.normal(size=3) * 3.0, rng.normal(size=3)
-        c2w_np = rc.look_at(eye, target)
+        c2w_np = cameras_np.look_at(eye, target)
         np.testing.assert_allclose(g.look_at(eye, target), c2w_np, atol=1e-5)
         yaw, pitch = rng.uniform(-0.5, 0.5, 2)
-        orbit_np = rc.orbit(c2w_np, target, yaw, pitch)
+        orbit_np = cameras_np.orbit(c2w_np, target, yaw, pitch)
         np.testing.assert_allclose(g.orbit(c2w_np, target, yaw, pitch), orbit_np, atol=1e-5)
         poses.append(c2w_np)
         orbits.append(orbit_np)
@@ -67,19 +67,19 @@ def test_cameras_match_dataset_numpy_helpers():
     yaws, pitches = np.array([0.1, -0.2, 0.3]), np.array([-0.3, 0.2, 0.05])
     np.testing.assert_allclose(
         g.orbit(np.stack(poses), np.zeros(3), yaws, pitches),
-        np.stack([rc.orbit(p, np.zeros(3), y, q) for p, y, q in zip(poses, yaws, pitches)]),
+        np.stack([cameras_np.orbit(p, np.zeros(3), y, q) for p, y, q in zip(poses, yaws, pitches)]),
         atol=1e-5,
     )
 
     cams = np.stack(poses)
-    o_np, d_np = rc.pixel_rays(k_np, cams, height, width)  # (V, 3), (3, V, H*W)
+    o_np, d_np = cameras_np.pixel_rays(k_np, cams, height, width)  # (V, 3), (3, V, H*W)
     origins, dirs = g.pixel_rays(k, cams, height, width)  # [V, H, W, 3]
     assert dirs.shape == (3, height, width, 3)
     np.testing.assert_allclose(dirs, d_np.transpose(1, 2, 0).reshape(3, height, width, 3), 1e-5)
     np.testing.assert_allclose(origins[:, 2, 3], o_np, rtol=1e-6)
 
     points = rng.normal(size=(11, 3)) * 2.0
-    uv_np, z_np = rc.project(points, k_np, poses[0])
+    uv_np, z_np = cameras_np.project(points, k_np, poses[0])
     uv, z = g.project(points, k, poses[0])
     np.testing.assert_allclose(uv, uv_np, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(z, z_np, rtol=1e-5, atol=1e-5)
@@ -128,7 +128,7 @@ def test_orbit_keeps_pivot_centred_and_distance():
     assert dist == pytest.approx(np.linalg.norm(pivot - c2w[:3, 3]), rel=1e-5)
     np.testing.assert_allclose(out[:3, 2], to_pivot / dist, atol=1e-5)
     np.testing.assert_allclose(out[:3, :3].T @ out[:3, :3], np.eye(3), atol=1e-5)
-    assert out[:3, 0] @ rc.WORLD_UP == pytest.approx(0.0, abs=1e-5)  # no roll added
+    assert out[:3, 0] @ cameras_np.WORLD_UP == pytest.approx(0.0, abs=1e-5)  # no roll added
     assert not np.allclose(out, c2w, atol=1e-2)  # it did move
 
 
@@ -501,7 +501,7 @@ def test_backward_warp_reproduces_ray_cast_novel_views():
     """Warping a synthetic scene's canonical view into its ±20° views with their true depth
     gives the ray caster's own pixels wherever the source sees the same surface point
     (Lambertian shading and a direction-only sky are view-independent)."""
-    example = rc.generate_example("validation", 3, 64)
+    example = raycast.generate_example("validation", 3, 64)
     image = example["image"].astype(np.float32) / 255.0
     source_depth = np.where(np.isfinite(example["depth"]), example["depth"], 1e6)
     views = example["novel_views"]

@@ -7,9 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vq3d_jax import input_pipeline as ip
-from vq3d_jax.datasets import raycast as rc
-from vq3d_jax.datasets import synthetic_scenes
+from vq3d_jax.datasets import cameras_np, pipeline, preprocess, raycast, scenes, synthetic_scenes
 
 RES = 32
 
@@ -38,7 +36,7 @@ def _record(i: int) -> dict:
 
     ``label`` is the record's index here, so that tests can tell examples apart.
     """
-    ex = synthetic_scenes.to_tfds_example(rc.generate_example("test", i % 8, RES), i)
+    ex = synthetic_scenes.to_tfds_example(raycast.generate_example("test", i % 8, RES), i)
     ex["label"] = i
     nv = ex["novel_views"]
     ex["novel_views"] = {
@@ -66,11 +64,11 @@ def _take(it, n):
 
 def test_train_batch_shapes_and_dtypes():
     cfg = _config(image_size=24, with_novel_views=True)
-    it = ip.create_train_iterator(
+    it = pipeline.create_train_iterator(
         cfg, global_batch_size=4, seed=0, process_index=0, process_count=1, source=_source(8)
     )
     b = next(it)
-    k = rc.NUM_NOVEL_VIEWS
+    k = scenes.NUM_NOVEL_VIEWS
     expected = {
         "image": ((4, 24, 24, 3), np.uint8),
         "label": ((4,), np.int32),
@@ -86,15 +84,15 @@ def test_train_batch_shapes_and_dtypes():
     }
     assert {key: (v.shape, v.dtype) for key, v in b.items()} == expected
     # 32 -> 24: focal length and principal point scale by 3/4.
-    k32 = rc.intrinsics_from_fov(rc.FOV_DEG, RES, RES)
+    k32 = cameras_np.intrinsics_from_fov(scenes.FOV_DEG, RES, RES)
     np.testing.assert_allclose(b["intrinsics"][0], np.diag([0.75, 0.75, 1.0]) @ k32, rtol=1e-6)
     assert np.isinf(b["depth"]).any() and np.isfinite(b["depth"]).any()
     assert "tensorflow" not in sys.modules
 
 
 def test_config_without_depth_yields_image_and_label_only():
-    cfg = ml_collections.ConfigDict({"data": _config(with_depth=False)})  # whole config
-    it = ip.create_train_iterator(
+    cfg = _config(with_depth=False)
+    it = pipeline.create_train_iterator(
         cfg, global_batch_size=2, seed=0, process_index=0, process_count=1, source=_source(4)
     )
     assert set(next(it)) == {"image", "label", "num_skipped"}
@@ -102,7 +100,7 @@ def test_config_without_depth_yields_image_and_label_only():
 
 def test_global_batch_must_divide_over_processes():
     with pytest.raises(ValueError, match="multiple of the process count"):
-        ip.create_train_iterator(
+        pipeline.create_train_iterator(
             _config(),
             global_batch_size=5,
             seed=0,
@@ -114,7 +112,7 @@ def test_global_batch_must_divide_over_processes():
 
 def test_exact_resume_with_random_flips():
     cfg = _config(random_flip=True)
-    make = lambda: ip.create_train_iterator(
+    make = lambda: pipeline.create_train_iterator(
         cfg, global_batch_size=3, seed=7, process_index=0, process_count=1, source=_source(10)
     )
     it = make()
@@ -132,7 +130,7 @@ def test_exact_resume_with_random_flips():
 
 
 def test_epochs_are_reshuffled_and_complete():
-    it = ip.create_train_iterator(
+    it = pipeline.create_train_iterator(
         _config(),
         global_batch_size=4,
         seed=0,
@@ -150,7 +148,7 @@ def test_processes_read_disjoint_shards():
     src = _source(16)
     seen = []
     for index in range(2):
-        it = ip.create_train_iterator(
+        it = pipeline.create_train_iterator(
             _config(),
             global_batch_size=8,
             seed=3,
@@ -169,7 +167,7 @@ def test_eval_pads_masks_and_covers_every_example_once():
     src = _source(30)
     per_process = []
     for index in range(2):
-        batches = ip.create_eval_iterator(
+        batches = pipeline.create_eval_iterator(
             _config(), global_batch_size=8, process_index=index, process_count=2, source=src
         )
         out = list(batches)
@@ -186,7 +184,7 @@ def test_eval_pads_masks_and_covers_every_example_once():
 
 
 def test_eval_num_examples_caps_the_count():
-    batches = ip.create_eval_iterator(
+    batches = pipeline.create_eval_iterator(
         _config(),
         split="test",
         global_batch_size=4,
@@ -204,7 +202,7 @@ def test_eval_num_examples_caps_the_count():
 def test_bad_records_are_skipped_counted_and_the_count_resumes():
     src = _source(8, bad=(2, 5))
     src[6] = {**src[6], "depth": np.zeros((3, 3), np.float32)}  # wrong shape
-    make = lambda: ip.create_train_iterator(
+    make = lambda: pipeline.create_train_iterator(
         _config(), global_batch_size=2, seed=1, process_index=0, process_count=1, source=src
     )
     it = make()
@@ -224,7 +222,7 @@ def test_bad_records_are_skipped_counted_and_the_count_resumes():
 
 
 def test_bad_records_in_eval_are_masked_and_counted():
-    batches = ip.create_eval_iterator(
+    batches = pipeline.create_eval_iterator(
         _config(),
         global_batch_size=4,
         process_index=0,
@@ -246,9 +244,9 @@ def _project(x, k, c2w):
 
 def test_flip_mirrors_image_depth_and_camera_consistently():
     record = _records(3)[2]
-    opts = ip._options(_config(with_novel_views=True), train=True)
-    plain = ip.preprocess(record, opts, flip=False)
-    flipped = ip.preprocess(record, opts, flip=True)
+    opts = preprocess.options(_config(with_novel_views=True), train=True)
+    plain = preprocess.preprocess(record, opts, flip=False)
+    flipped = preprocess.preprocess(record, opts, flip=True)
     np.testing.assert_array_equal(flipped["image"], plain["image"][:, ::-1])
     np.testing.assert_array_equal(flipped["depth"], plain["depth"][:, ::-1])
     c2w, fc2w = plain["cam_to_world"].astype(np.float64), flipped["cam_to_world"].astype(np.float64)
@@ -275,18 +273,21 @@ def test_flip_mirrors_image_depth_and_camera_consistently():
     # about the mirrored pivot.
     pivot = record["scene_center"].astype(np.float64) * np.array([-1.0, 1.0, 1.0])
     for (yaw, pitch), cam in zip(flipped["novel_yaw_pitch"], flipped["novel_cam_to_world"]):
-        np.testing.assert_allclose(cam, rc.orbit(fc2w, pivot, yaw, pitch), atol=1e-4)
+        np.testing.assert_allclose(cam, cameras_np.orbit(fc2w, pivot, yaw, pitch), atol=1e-4)
 
 
 def test_tfds_source_end_to_end(tmp_path_factory):
     data_dir = str(tmp_path_factory.mktemp("tfds_pipeline"))
     cfg = _config(data_dir=data_dir, with_novel_views=True, image_size=16)
-    it = ip.create_train_iterator(
+    pipeline.prepare(cfg, process_index=0, process_count=1)  # builds the scenes
+    it = pipeline.create_train_iterator(
         cfg, global_batch_size=4, seed=0, process_index=0, process_count=1
     )
     b = next(it)
     assert b["image"].shape == (4, 16, 16, 3) and b["novel_image"].shape[:2] == (4, 6)
     assert int(b["num_skipped"]) == 0
-    batches = ip.create_eval_iterator(cfg, global_batch_size=10, process_index=0, process_count=1)
+    batches = pipeline.create_eval_iterator(
+        cfg, global_batch_size=10, process_index=0, process_count=1
+    )
     assert len(batches) == 4 and sum(int(b["mask"].sum()) for b in batches) == 32
     assert "tensorflow" not in sys.modules

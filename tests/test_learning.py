@@ -16,7 +16,8 @@ import pytest
 from conftest import override
 
 from configs import vq3d_stage1
-from vq3d_jax import input_pipeline, losses
+from vq3d_jax import losses
+from vq3d_jax.datasets import pipeline
 from vq3d_jax.tasks import get_task
 from vq3d_jax.tasks.common import images_to_float
 
@@ -60,7 +61,7 @@ def _config(data_dir: str, decoder: str):
 def test_stage1_autoencoder_memorises_a_few_scenes(mini_data_dir, decoder):
     config = _config(mini_data_dir, decoder)
     task = get_task(config)
-    batch = next(iter(input_pipeline.create_eval_iterator(
+    batch = next(iter(pipeline.create_eval_iterator(
         config.data, split=f"train[:{SCENES}]", global_batch_size=SCENES,
         num_examples=SCENES)))
     train_batch = {k: jnp.asarray(batch[k]) for k in task.train_keys}

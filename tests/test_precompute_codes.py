@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 from conftest import override
 
 from configs import vq3d_stage2
-from vq3d_jax import input_pipeline
+from vq3d_jax.datasets import pipeline, sources
 from vq3d_jax.tools import precompute_codes as pc
 from vq3d_jax.train import sharding
 
@@ -57,8 +57,8 @@ def test_codes_equal_encode_step_on_the_same_images(written, mini_data_dir):
     records = _read_all(out, "validation")
     assert [int(r["id"]) for r in records] == list(range(32))  # all of them, in order
     direct = rt.compiled("direct_encode", task.encode_step)
-    batches = input_pipeline.create_eval_iterator(rt.config.data, split="validation",
-                                                  global_batch_size=BATCH)
+    batches = pipeline.create_eval_iterator(rt.config.data, split="validation",
+                                            global_batch_size=BATCH)
     expected_codes, expected_labels = [], []
     with rt.scope():
         for local in batches:
@@ -76,11 +76,11 @@ def test_codes_equal_encode_step_on_the_same_images(written, mini_data_dir):
 
 def test_bad_source_records_are_skipped_and_counted(written):
     rt, state, out, _ = written
-    source = input_pipeline.open_source(rt.config.data, "validation")
+    source = sources.open_source(rt.config.data, "validation")
     records = [dict(source[i]) for i in range(12)]
     records[5]["image"] = b"\x89PNG\r\n\x1a\n garbage, not an image"
-    batches = input_pipeline.create_eval_iterator(rt.config.data, global_batch_size=BATCH,
-                                                  source=records)
+    batches = pipeline.create_eval_iterator(rt.config.data, global_batch_size=BATCH,
+                                            source=records)
     stats = {}
     got = list(pc.encoded_examples(rt, state, batches, stats=stats))
     assert stats == {"num_examples": 11, "num_skipped": 1}
@@ -94,7 +94,7 @@ def test_train_iterator_reads_codes_and_resumes(written):
     rt, _, out, _ = written
     data = rt.config.data.copy_and_resolve_references()
     data.codes_dir = out
-    make = lambda: input_pipeline.create_train_iterator(
+    make = lambda: pipeline.create_train_iterator(
         data, global_batch_size=BATCH, seed=0, codes_length=rt.task.length,
         codes_vocab_size=rt.task.vocab_size)
     it = make()
@@ -120,7 +120,7 @@ def test_codes_that_do_not_fit_the_model_are_clear_errors(written, tmp_path):
     rt, _, out, _ = written
     data = rt.config.data.copy_and_resolve_references()
     data.codes_dir = out
-    make = lambda data, **kw: input_pipeline.create_train_iterator(
+    make = lambda data, **kw: pipeline.create_train_iterator(
         data, global_batch_size=BATCH, seed=0, **kw)
     with pytest.raises(ValueError, match=r"length 16 \(stored\) != 64 \(model\)"):
         make(data, codes_length=64, codes_vocab_size=64)

@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vq3d_jax import input_pipeline as ip
+from vq3d_jax.datasets import pipeline, preprocess, sources
 
 _PATH = pathlib.Path(__file__).resolve().parents[1] / "data" / "prepare_depth.py"
 _spec = importlib.util.spec_from_file_location("prepare_depth", _PATH)
@@ -66,7 +66,7 @@ def _config(name: str, data_dir: str) -> ml_collections.ConfigDict:
 
 
 def _batch(name: str, data_dir: str, split: str) -> dict:
-    (batch,) = ip.create_eval_iterator(
+    (batch,) = pipeline.create_eval_iterator(
         _config(name, data_dir),
         split=split,
         global_batch_size=N,
@@ -98,23 +98,23 @@ def test_depth_dataset_reads_back_through_the_pipeline(mini_data_dir):
 
 def test_depth_without_camera_flips_with_the_image(mini_data_dir):
     _run(mini_data_dir, "mini_depth_flip", "disparity", splits="train")
-    record = ip.open_source(_config("mini_depth_flip", mini_data_dir), "train")[0]
-    opts = ip._options(_config("mini_depth_flip", mini_data_dir), train=True)
-    plain = ip.preprocess(record, opts, flip=False)
-    flipped = ip.preprocess(record, opts, flip=True)
+    record = sources.open_source(_config("mini_depth_flip", mini_data_dir), "train")[0]
+    opts = preprocess.options(_config("mini_depth_flip", mini_data_dir), train=True)
+    plain = preprocess.preprocess(record, opts, flip=False)
+    flipped = preprocess.preprocess(record, opts, flip=True)
     assert set(flipped) == {"image", "label", "depth"}
     np.testing.assert_array_equal(flipped["image"], plain["image"][:, ::-1])
     np.testing.assert_array_equal(flipped["depth"], plain["depth"][:, ::-1])
 
 
 def test_bad_source_records_are_skipped_and_counted(mini_data_dir, monkeypatch, capsys):
-    real = ip.open_source
+    real = sources.open_source
 
     def corrupt_second_record(cfg, split):
         src = real(cfg, split)
         return [{**src[i], "image": b"not an image"} if i == 1 else src[i] for i in range(N)]
 
-    monkeypatch.setattr(ip, "open_source", corrupt_second_record)
+    monkeypatch.setattr(sources, "open_source", corrupt_second_record)
     assert _run(mini_data_dir, "mini_depth_bad", "disparity", splits="train") == {
         "train": (N - 1, 1)
     }

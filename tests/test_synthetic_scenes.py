@@ -4,13 +4,13 @@ import io
 import os
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from vq3d_jax.datasets import raycast as rc
-from vq3d_jax.datasets import synthetic_scenes
+from vq3d_jax.datasets import pipeline, raycast, scenes, synthetic_scenes
 
 NAME = "synthetic_scenes/mini"
 
@@ -18,7 +18,7 @@ NAME = "synthetic_scenes/mini"
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("tfds_scenes"))
-    synthetic_scenes.ensure_built(NAME, path)
+    pipeline.prepare(ml_collections.ConfigDict({"name": NAME, "data_dir": path}))
     return path
 
 
@@ -51,10 +51,10 @@ def test_example_shapes_dtypes_and_ranges(data_dir):
         np.testing.assert_allclose(rot.T @ rot, np.eye(3), atol=1e-5)
         assert np.linalg.det(rot) == pytest.approx(1.0, abs=1e-5)
         assert ex["scene_center"].shape == (3,)
-        assert 0 <= ex["label"] < rc.NUM_CLASSES
+        assert 0 <= ex["label"] < scenes.NUM_CLASSES
         labels.add(int(ex["label"]))
         nv = ex["novel_views"]
-        assert len(nv["image"]) == rc.NUM_NOVEL_VIEWS
+        assert len(nv["image"]) == scenes.NUM_NOVEL_VIEWS
         assert all(im.shape == (32, 32, 3) and im.dtype == np.uint8 for im in nv["image"])
         assert all(d.shape == (32, 32) and d.dtype == np.float32 for d in nv["depth"])
     assert len(labels) >= 3  # classes are mixed
@@ -73,7 +73,7 @@ def test_novel_cameras_are_the_canonical_one_orbited_by_the_stored_offsets(data_
         ex = src[i]
         c2w, pivot = ex["cam_to_world"].astype(np.float64), ex["scene_center"].astype(np.float64)
         yaw_pitch = np.stack(ex["novel_views"]["yaw_pitch"])
-        np.testing.assert_allclose(yaw_pitch, np.deg2rad(rc.NOVEL_VIEW_OFFSETS_DEG), atol=1e-6)
+        np.testing.assert_allclose(yaw_pitch, np.deg2rad(scenes.NOVEL_VIEW_OFFSETS_DEG), atol=1e-6)
         for (yaw, pitch), novel in zip(yaw_pitch, ex["novel_views"]["cam_to_world"]):
             r = rot(up, yaw) @ rot(c2w[:3, 0], pitch)
             np.testing.assert_allclose(novel[:3, :3], r @ c2w[:3, :3], atol=1e-5)
@@ -85,7 +85,7 @@ def test_records_match_the_generator(data_dir):
     decoders = {"image": tfds.decode.SkipDecoding()}
     src = tfds.data_source(NAME, split="validation", data_dir=data_dir, decoders=decoders)
     for i in (3, 30):
-        stored, ref = src[i], rc.generate_example("validation", i, 32)
+        stored, ref = src[i], raycast.generate_example("validation", i, 32)
         # Lossless PNG: the decoded bytes are the rendered pixels.
         np.testing.assert_array_equal(
             np.asarray(Image.open(io.BytesIO(stored["image"]))), ref["image"]

@@ -102,13 +102,13 @@ def _moved(points, source, target, scale):
 
 def test_eval_renders_the_datasets_novel_cameras_in_the_model_frame():
     """The dataset's held-out camera, moved into the model frame, sees the same image."""
-    from vq3d_jax.datasets import raycast
+    from vq3d_jax.datasets import cameras_np, scenes
 
     task = get_task(_config())
     rng = np.random.default_rng(3)
-    scene = raycast.sample_scene(rng)
-    c2w_data = raycast.canonical_camera(scene, rng)
-    novel = raycast.orbit(c2w_data, scene.center, np.deg2rad(20.0), np.deg2rad(-10.0))
+    scene = scenes.sample_scene(rng)
+    c2w_data = scenes.canonical_camera(scene, rng)
+    novel = cameras_np.orbit(c2w_data, scene.center, np.deg2rad(20.0), np.deg2rad(-10.0))
     scale = 0.5  # model depth = half the data depth
     cam = geo.rebase_camera(novel, c2w_data, task.cam_to_world, scale)
     points = scene.center + rng.uniform(-1.5, 1.5, (20, 3))
@@ -150,13 +150,13 @@ def test_yawed_views_keep_the_horizon_level():
         assert abs(float(uv[0, 0] - uv[1, 0])) > r.resolution / 4  # both in view, apart
     # The scenes' up axis, carried into the model frame with their cameras, is the model's
     # up to within the dataset's ±3° elevation jitter (a level canonical camera: 18° off).
-    from vq3d_jax.datasets import raycast
+    from vq3d_jax.datasets import cameras_np, scenes
 
     rng = np.random.default_rng(0)
     for _ in range(8):
-        data_cam = raycast.canonical_camera(raycast.sample_scene(rng), rng)
+        data_cam = scenes.canonical_camera(scenes.sample_scene(rng), rng)
         to_model = np.asarray(task.cam_to_world)[:3, :3] @ data_cam[:3, :3].T
-        cosine = (to_model @ raycast.WORLD_UP) @ np.asarray(geo.WORLD_UP)
+        cosine = (to_model @ cameras_np.WORLD_UP) @ np.asarray(geo.WORLD_UP)
         assert np.degrees(np.arccos(min(cosine, 1.0))) <= 3.01
 
 

@@ -72,26 +72,13 @@ def _initialize_distributed() -> None:
         jax.distributed.initialize(initialization_timeout=300)
 
 
-def _prepare_data(config) -> None:
-    """Builds the synthetic scenes on first use (process 0 only; others wait)."""
-    import jax
-    from jax.experimental import multihost_utils
-
-    from vq3d_jax.datasets import synthetic_scenes
-
-    if jax.process_index() == 0:
-        synthetic_scenes.ensure_built(config.data.name, config.data.data_dir or None)
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("dataset prepared")
-
-
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     _initialize_distributed()
     import jax
 
-    from vq3d_jax import input_pipeline
+    from vq3d_jax.datasets import pipeline
     from vq3d_jax.tasks import get_task
     from vq3d_jax.train import loop
     from vq3d_jax.train.task import EncodesCodes
@@ -105,7 +92,7 @@ def main(argv) -> None:
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
             f.write(config.to_json_best_effort(indent=2))
-    _prepare_data(config)
+    pipeline.prepare(config.data)
     if _MODE.value == "codes":
         from vq3d_jax.tools import precompute_codes
 
@@ -120,7 +107,7 @@ def main(argv) -> None:
     runtime = loop.build_runtime(task, config)
 
     def make_eval_iter():
-        return input_pipeline.create_eval_iterator(
+        return pipeline.create_eval_iterator(
             config.data,
             split=config.data.eval_split,
             global_batch_size=config.eval.global_batch_size,
@@ -143,7 +130,7 @@ def main(argv) -> None:
                 sys.exit(f"FATAL: data.codes_dir is set, but config.task={config.task!r} "
                          "does not train on codes.")
             codes_checks = {"codes_length": task.length, "codes_vocab_size": task.vocab_size}
-        train_iter = input_pipeline.create_train_iterator(
+        train_iter = pipeline.create_train_iterator(
             train_data, global_batch_size=config.global_batch_size, seed=config.seed,
             **codes_checks,
         )
@@ -174,7 +161,10 @@ def _render(runtime, state, step: int, workdir: str) -> None:
     if _IMAGES.value:
         names, images, _ = render_mode.load_folder(_IMAGES.value, config.data.image_size)
     else:
-        names, images = render_mode.load_split(config, config.data.eval_split, _NUM_IMAGES.value)
+        names, images = render_mode.load_split(
+            config.data, config.data.eval_split, _NUM_IMAGES.value,
+            global_batch_size=config.eval.global_batch_size,
+        )
     mesh = None
     if _MESH.value:
         mesh = render_mode.MeshOptions(_MESH_RESOLUTION.value, _MESH_LEVEL.value)

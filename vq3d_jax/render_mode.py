@@ -16,7 +16,8 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from vq3d_jax import input_pipeline, visualize
+from vq3d_jax import visualize
+from vq3d_jax.datasets import pipeline, preprocess
 from vq3d_jax.train import loop
 from vq3d_jax.train import sharding as sharding_lib
 from vq3d_jax.train.task import HasDensity, RendersScenes
@@ -46,19 +47,21 @@ def load_folder(folder: str, image_size: int) -> tuple[list[str], np.ndarray, in
             logging.warning("Skipping %s: %s", entry, err)
             skipped += 1
             continue
-        geometry = input_pipeline._resize_geometry(rgb.shape[0], rgb.shape[1], image_size)
-        images.append(input_pipeline._resize_crop(rgb, geometry, image_size, Image.BICUBIC))
+        geometry = preprocess.resize_geometry(rgb.shape[0], rgb.shape[1], image_size)
+        images.append(preprocess.resize_crop(rgb, geometry, image_size, Image.BICUBIC))
         names.append(stem)
     if not images:
         raise ValueError(f"No readable PNG/JPEG image in {folder!r} ({skipped} skipped).")
     return names, np.stack(images), skipped
 
 
-def load_split(config, split: str, count: int) -> tuple[list[str], np.ndarray]:
-    """The first `count` images of a TFDS split, named `<split>_<index>`."""
-    batches = input_pipeline.create_eval_iterator(
-        config.data, split=split, global_batch_size=config.eval.global_batch_size,
-        num_examples=count,
+def load_split(
+    data, split: str, count: int, *, global_batch_size: int
+) -> tuple[list[str], np.ndarray]:
+    """The first `count` images of split `split` of the data config `data`, named
+    `<split>_<index>`, read in eval batches of `global_batch_size`."""
+    batches = pipeline.create_eval_iterator(
+        data, split=split, global_batch_size=global_batch_size, num_examples=count
     )
     images = np.concatenate([b["image"][b["mask"]] for b in batches])
     return [f"{split}_{i:05d}" for i in range(len(images))], images

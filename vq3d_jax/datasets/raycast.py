@@ -1,387 +1,31 @@
-"""Procedural 3D scenes and a vectorised numpy ray caster for the synthetic dataset.
+"""A vectorised numpy ray caster, and the synthetic dataset's examples rendered with it.
 
-Dataset-side code only (pure numpy, no TFDS, no jax): the library's differentiable
-camera geometry belongs in ``vq3d_jax.geometry`` (jnp); the few camera helpers here are
-kept small and exist so the dataset can be generated (and tested) on its own.
-
-Conventions (``DESIGN.md``, "One camera convention"):
-
-* camera frame OpenCV: +x right, +y down, +z forward;
-* ``cam_to_world`` 4x4: rotation columns are the camera axes in world coordinates, the last
-  column is the camera centre;
-* intrinsics ``K`` 3x3 in pixels, principal point at the image centre, pixel centres at
-  integer + 0.5;
-* world frame OpenCV-like (as in GMPI): world up is **-y**, the ground is the plane y = 0
-  and objects stand on it at y <= 0;
-* depth is the **z-depth in the camera frame** (not the distance along the ray); the sky
-  at infinity has depth +inf (disparity 0);
-* yaw rotates about the world up axis (0, -1, 0), pitch about the camera's x axis, both in
-  radians, right-hand rule about the axis. Positive pitch tilts the camera nose-up about
-  its own x axis; orbiting the pivot this moves the camera *down*.
-
-Every ray direction is scaled so that its camera-frame z component is 1, so the ray
-parameter ``t`` of a hit *is* its z-depth; no conversion is needed anywhere.
+:func:`render` shades :class:`.scenes.Scene` primitives (:mod:`.intersect`) from V cameras
+at once; :func:`generate_example` draws one scene (:mod:`.scenes`) and renders its
+canonical and held-out views. Pure numpy; conventions (OpenCV cameras, world up = -y,
+z-depth with +inf for the sky): see :mod:`.cameras_np`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 
-CLASS_NAMES = ("sphere", "box", "cylinder", "cone")
-NUM_CLASSES = len(CLASS_NAMES)
-SPHERE, BOX, CYLINDER, CONE = range(NUM_CLASSES)
+from vq3d_jax.datasets.cameras_np import intrinsics_from_fov, orbit, pixel_rays
+from vq3d_jax.datasets.intersect import intersect, surface_normals, valid_hits
+from vq3d_jax.datasets.scenes import (
+    FOV_DEG,
+    NOVEL_VIEW_OFFSETS_DEG,
+    Scene,
+    canonical_camera,
+    sample_scene,
+    scene_rng,
+)
 
 # Ids in the per-pixel primitive map returned by `render` (primitives are 0..P-1).
 SKY_ID = -1
 GROUND_ID = -2
-
-WORLD_UP = np.array([0.0, -1.0, 0.0])
-FOV_DEG = 50.0  # full field of view (square images: horizontal = vertical)
-CAMERA_DISTANCE = 6.0  # canonical distance from the scene centre, before jitter
-CAMERA_ELEVATION_DEG = 18.0  # canonical camera height above the horizon, before jitter
-# Held-out views: (yaw, pitch) offsets of the canonical camera about the scene centre.
-NOVEL_VIEW_OFFSETS_DEG = (
-    (-20.0, 0.0),
-    (-10.0, 0.0),
-    (10.0, 0.0),
-    (20.0, 0.0),
-    (0.0, -10.0),
-    (0.0, 10.0),
-)
-NUM_NOVEL_VIEWS = len(NOVEL_VIEW_OFFSETS_DEG)
-SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
-
-_EPS = 1e-4  # minimum hit distance; keeps shadow rays off their own surface
-
-
-# --------------------------------------------------------------------------- cameras
-
-
-def intrinsics_from_fov(fov_deg: float, width: int, height: int) -> np.ndarray:
-    """Pinhole K (pixels) for a horizontal FOV; square pixels, principal point at centre."""
-    focal = 0.5 * width / np.tan(0.5 * np.deg2rad(fov_deg))
-    return np.array(
-        [[focal, 0.0, 0.5 * width], [0.0, focal, 0.5 * height], [0.0, 0.0, 1.0]], np.float64
-    )
-
-
-def rotation_about_axis(axis: np.ndarray, angle: float) -> np.ndarray:
-    """3x3 rotation by ``angle`` radians about ``axis`` (right-hand rule, Rodrigues)."""
-    a = np.asarray(axis, np.float64)
-    a = a / np.linalg.norm(a)
-    skew = np.array([[0.0, -a[2], a[1]], [a[2], 0.0, -a[0]], [-a[1], a[0], 0.0]])
-    return np.eye(3) + np.sin(angle) * skew + (1.0 - np.cos(angle)) * (skew @ skew)
-
-
-def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray = WORLD_UP) -> np.ndarray:
-    """OpenCV-frame cam_to_world (4x4) at ``eye`` looking at ``target``, no roll."""
-    eye = np.asarray(eye, np.float64)
-    z = np.asarray(target, np.float64) - eye
-    z /= np.linalg.norm(z)
-    # x = y × z with y pointing "down" = -up gives a right-handed frame with +y down.
-    x = np.cross(z, up)
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    c2w = np.eye(4)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = x, y, z, eye
-    return c2w
-
-
-def orbit(c2w: np.ndarray, pivot: np.ndarray, yaw: float, pitch: float) -> np.ndarray:
-    """Rotates a camera about ``pivot``: pitch about its own x axis, then yaw about world up.
-
-    Both rotations act on the whole pose (orientation and centre), so a camera that looks
-    at the pivot keeps looking at it, and pitch/yaw add no roll.
-    """
-    rot = rotation_about_axis(WORLD_UP, yaw) @ rotation_about_axis(c2w[:3, 0], pitch)
-    out = np.eye(4)
-    out[:3, :3] = rot @ c2w[:3, :3]
-    out[:3, 3] = pivot + rot @ (c2w[:3, 3] - pivot)
-    return out
-
-
-def pixel_rays(
-    intrinsics: np.ndarray, cam_to_world: np.ndarray, height: int, width: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """World rays through the pixel centres of a batch of V cameras.
-
-    Returns float32 origins (V, 3) and directions (3, V, H*W) (component-major, pixels
-    row-major) scaled so that the camera-frame z component is 1: ``t`` along a ray is the
-    z-depth of the point it reaches.
-    """
-    c2w = np.asarray(cam_to_world, np.float64).reshape(-1, 4, 4)
-    k = np.broadcast_to(intrinsics, (len(c2w), 3, 3))
-    v, u = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
-    pix = np.stack([u.ravel(), v.ravel(), np.ones(height * width)])  # (3, N)
-    # K^-1 [u, v, 1] has z = 1 for an upper-triangular K with K[2,2] = 1; fold R in first.
-    m = (c2w[:, :3, :3] @ np.linalg.inv(k)).astype(np.float32)[..., None]  # (V, 3, 3, 1)
-    pu, pv = pix[0].astype(np.float32), pix[1].astype(np.float32)
-    # Three multiply-adds per component beat a batched 3x3 matmul plus a transpose.
-    dirs = np.stack([m[:, j, 0] * pu + m[:, j, 1] * pv + m[:, j, 2] for j in range(3)])
-    return c2w[:, :3, 3].astype(np.float32), dirs
-
-
-def project(
-    points: np.ndarray, intrinsics: np.ndarray, cam_to_world: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """World points (..., 3) → pixel coordinates (..., 2) and camera z-depth (...)."""
-    rot, centre = cam_to_world[:3, :3], cam_to_world[:3, 3]
-    cam = (np.asarray(points, np.float64) - centre) @ rot  # = R^T (X - c), row-wise
-    uvw = cam @ np.asarray(intrinsics, np.float64).T
-    return uvw[..., :2] / uvw[..., 2:3], cam[..., 2]
-
-
-# --------------------------------------------------------------------------- scenes
-
-
-@dataclasses.dataclass(frozen=True)
-class Scene:
-    """Primitives standing on a ground plane under a directional light and a sky.
-
-    ``half_extents``: sphere (r, r, r); box (hx, hy, hz) in its own yawed frame;
-    cylinder and cone (r, h/2, r) with vertical axes (a cone's apex is at the top).
-    ``centers`` are bounding-box centres; ``center`` is the scene pivot.
-    """
-
-    kinds: np.ndarray  # (P,) int, index into CLASS_NAMES
-    centers: np.ndarray  # (P, 3)
-    half_extents: np.ndarray  # (P, 3)
-    yaws: np.ndarray  # (P,) rotation about world up (used by boxes)
-    colors: np.ndarray  # (P, 3) albedo in [0, 1]
-    center: np.ndarray  # (3,) scene pivot
-    ground: bool = True  # plane y = 0; False leaves only primitives and sky (tests)
-    ground_color: np.ndarray = dataclasses.field(default_factory=lambda: np.full(3, 0.6))
-    checker_size: float = 0.75
-    checker_contrast: float = 0.2
-    light_dir: np.ndarray = dataclasses.field(
-        default_factory=lambda: np.array([0.3, -0.8, -0.5]) / np.linalg.norm([0.3, -0.8, -0.5])
-    )  # unit vector towards the light
-    ambient: float = 0.35
-    shadows: bool = True
-    sky_horizon: np.ndarray = dataclasses.field(default_factory=lambda: np.array([0.9, 0.92, 0.95]))
-    sky_zenith: np.ndarray = dataclasses.field(default_factory=lambda: np.array([0.4, 0.6, 0.9]))
-
-
-def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Vectorised HSV → RGB, all in [0, 1]."""
-    h, s, v = np.asarray(h), np.asarray(s), np.asarray(v)
-    k = (np.array([5.0, 3.0, 1.0]) + h[..., None] * 6.0) % 6.0
-    return v[..., None] - (v * s)[..., None] * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
-
-
-def _primitive_shape(kind: int, scale: float, rng: np.random.Generator) -> tuple[np.ndarray, float]:
-    """Half extents and footprint radius of a primitive of roughly ``scale`` size."""
-    if kind == SPHERE:
-        h = np.array([scale, scale, scale])
-    elif kind == BOX:
-        hx, hz = rng.uniform(0.55, 0.9, 2) * scale
-        h = np.array([hx, rng.uniform(0.5, 1.1) * scale, hz])
-        return h, float(np.hypot(hx, hz))
-    elif kind == CYLINDER:
-        r = rng.uniform(0.5, 0.85) * scale
-        h = np.array([r, rng.uniform(0.6, 1.3) * scale, r])
-    else:  # cone
-        r = rng.uniform(0.7, 1.0) * scale
-        h = np.array([r, rng.uniform(0.8, 1.4) * scale, r])
-    return h, float(h[0])
-
-
-def sample_scene(rng: np.random.Generator) -> Scene:
-    """A random scene: one larger 'hero' primitive near the origin and 1–4 smaller ones.
-
-    The hero's class is uniform over ``CLASS_NAMES`` so labels (the dominant primitive)
-    come out roughly balanced. Footprints never overlap; objects may occlude each other.
-    """
-    kinds, centers, halves, radii = [], [], [], []
-    n_total = int(rng.integers(2, 6))
-    for i in range(n_total):
-        kind = int(rng.integers(NUM_CLASSES))
-        half, radius = _primitive_shape(
-            kind, rng.uniform(0.65, 0.95) if i == 0 else rng.uniform(0.3, 0.6), rng
-        )
-        for _ in range(20):  # rejection sampling of a free spot; give up quietly if none
-            if i == 0:
-                xz = rng.uniform(-0.4, 0.4, 2)
-            else:
-                rho, phi = rng.uniform(1.1, 2.4), rng.uniform(0.0, 2.0 * np.pi)
-                xz = np.array([rho * np.cos(phi), rho * np.sin(phi)])
-            if all(
-                np.hypot(*(xz - c[[0, 2]])) > radius + r + 0.05
-                for c, r in zip(centers, radii, strict=True)
-            ):
-                kinds.append(kind)
-                centers.append(np.array([xz[0], -half[1], xz[1]]))  # resting on y = 0
-                halves.append(half)
-                radii.append(radius)
-                break
-    p = len(kinds)
-    colors = _hsv_to_rgb(rng.uniform(0, 1, p), rng.uniform(0.45, 0.9, p), rng.uniform(0.6, 1, p))
-    ground = _hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.05, 0.35), rng.uniform(0.45, 0.7))
-    light_az, light_el = rng.uniform(0, 2 * np.pi), np.deg2rad(rng.uniform(35, 70))
-    light = np.array(
-        [
-            np.cos(light_el) * np.cos(light_az),
-            -np.sin(light_el),
-            np.cos(light_el) * np.sin(light_az),
-        ]
-    )
-    centers_a = np.array(centers)
-    return Scene(
-        kinds=np.array(kinds, np.int32),
-        centers=centers_a,
-        half_extents=np.array(halves),
-        yaws=rng.uniform(0.0, 0.5 * np.pi, p),
-        colors=colors,
-        center=centers_a.mean(axis=0),
-        ground_color=ground,
-        checker_size=float(rng.uniform(0.5, 1.0)),
-        checker_contrast=float(rng.uniform(0.12, 0.3)),
-        light_dir=light,
-        ambient=float(rng.uniform(0.25, 0.4)),
-        sky_horizon=np.clip(np.array([0.88, 0.9, 0.94]) + rng.uniform(-0.06, 0.06, 3), 0, 1),
-        sky_zenith=np.clip(np.array([0.35, 0.55, 0.88]) + rng.uniform(-0.1, 0.1, 3), 0, 1),
-    )
-
-
-def canonical_camera(scene: Scene, rng: np.random.Generator) -> np.ndarray:
-    """cam_to_world looking at the scene pivot from ~CAMERA_DISTANCE with mild jitter."""
-    dist = CAMERA_DISTANCE * rng.uniform(0.95, 1.05)
-    yaw = np.deg2rad(rng.uniform(-10.0, 10.0))
-    elev = np.deg2rad(CAMERA_ELEVATION_DEG + rng.uniform(-3.0, 3.0))
-    # yaw = 0 puts the camera on the -z side of the pivot, looking along +z.
-    offset = dist * np.array(
-        [np.sin(yaw) * np.cos(elev), -np.sin(elev), -np.cos(yaw) * np.cos(elev)]
-    )
-    return look_at(scene.center + offset, scene.center)
-
-
-# --------------------------------------------------------------------------- ray casting
-# Rays are tuples of components (ox, oy, oz), (dx, dy, dz); each component broadcasts to
-# the ray batch shape, so one code path serves camera rays (origin per view) and shadow
-# rays (origin per point, one direction).
-
-
-def _solve_quadratic(a, b, c):
-    """Roots of a t^2 + 2 b t + c = 0 (t1 <= t2 when a > 0); NaN where there are none."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sq = np.sqrt(b * b - a * c)
-        return (-b - sq) / a, (-b + sq) / a
-
-
-def _valid(t, ok):
-    """``t`` where ``ok`` and t > eps, else +inf."""
-    return np.where(ok & (t > _EPS), t, np.inf)
-
-
-def _intersect_sphere(o, d, centre, half):
-    ox, oy, oz = o[0] - centre[0], o[1] - centre[1], o[2] - centre[2]
-    a = d[0] * d[0] + d[1] * d[1] + d[2] * d[2]
-    b = ox * d[0] + oy * d[1] + oz * d[2]
-    c = ox * ox + oy * oy + oz * oz - half[0] ** 2
-    t1, _ = _solve_quadratic(a, b, c)
-    return _valid(t1, np.isfinite(t1))
-
-
-def _to_box_frame(v, yaw):
-    """World → box-local components (inverse yaw about world up)."""
-    cy, sy = math.cos(yaw), math.sin(yaw)  # Python floats: no promotion of float32 rays
-    # rotation_about_axis(WORLD_UP, yaw) = [[c,0,-s],[0,1,0],[s,0,c]]; apply its transpose.
-    return cy * v[0] + sy * v[2], v[1], -sy * v[0] + cy * v[2]
-
-
-def _intersect_box(o, d, centre, half, yaw):
-    ol = _to_box_frame((o[0] - centre[0], o[1] - centre[1], o[2] - centre[2]), yaw)
-    dl = _to_box_frame(d, yaw)
-    near, far = -np.inf, np.inf
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for axis in range(3):  # slab method; fmax/fmin skip the NaNs of 0 * inf
-            inv = np.divide(1.0, dl[axis])  # inf, not ZeroDivisionError, for scalars
-            ta, tb = (-half[axis] - ol[axis]) * inv, (half[axis] - ol[axis]) * inv
-            near = np.fmax(near, np.minimum(ta, tb))
-            far = np.fmin(far, np.maximum(ta, tb))
-    return _valid(near, near <= far)
-
-
-def _intersect_caps(o, d, centre, radius, ys, t_best):
-    """Horizontal discs of ``radius`` about the vertical axis through ``centre`` at ``ys``.
-
-    A disc can be the first hit only for rays starting on its outer side (from the inner
-    side the solid's other surfaces come first), so discs no origin faces are skipped.
-    """
-    for y, outer_sign in ys:
-        if not np.any((o[1] - y) * outer_sign > 0):
-            continue
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = (y - o[1]) / d[1]
-        x, z = o[0] + t * d[0] - centre[0], o[2] + t * d[2] - centre[2]
-        t_best = np.minimum(t_best, _valid(t, x * x + z * z <= radius * radius))
-    return t_best
-
-
-def _intersect_cylinder(o, d, centre, half):
-    r, hh = half[0], half[1]
-    ox, oz = o[0] - centre[0], o[2] - centre[2]
-    a = d[0] * d[0] + d[2] * d[2]
-    t1, _ = _solve_quadratic(a, ox * d[0] + oz * d[2], ox * ox + oz * oz - r * r)
-    y = o[1] + t1 * d[1] - centre[1]
-    t = _valid(t1, np.abs(y) <= hh)
-    caps = ((centre[1] - hh, -1.0), (centre[1] + hh, 1.0))  # (plane y, outer side's sign)
-    return _intersect_caps(o, d, centre, r, caps, t)
-
-
-def _intersect_cone(o, d, centre, half):
-    r, hh = half[0], half[1]
-    k2 = (r / (2.0 * hh)) ** 2  # squared radius growth per unit of height below the apex
-    ox, oy, oz = o[0] - centre[0], o[1] - (centre[1] - hh), o[2] - centre[2]  # apex origin
-    a = d[0] * d[0] + d[2] * d[2] - k2 * d[1] * d[1]
-    b = ox * d[0] + oz * d[2] - k2 * oy * d[1]
-    c = ox * ox + oz * oz - k2 * oy * oy
-    t = np.inf
-    # The double cone has two nappes and a may be negative: test both roots on the height.
-    for root in _solve_quadratic(a, b, c):
-        y = oy + root * d[1]
-        t = np.minimum(t, _valid(root, (y >= 0.0) & (y <= 2.0 * hh)))
-    return _intersect_caps(o, d, centre, r, ((centre[1] + hh, 1.0),), t)
-
-
-def _intersect(scene: Scene, i: int, o, d):
-    # Python floats, not numpy float64 scalars: those would promote float32 rays to float64.
-    kind, centre, half = scene.kinds[i], scene.centers[i].tolist(), scene.half_extents[i].tolist()
-    if kind == SPHERE:
-        return _intersect_sphere(o, d, centre, half)
-    if kind == BOX:
-        return _intersect_box(o, d, centre, half, float(scene.yaws[i]))
-    if kind == CYLINDER:
-        return _intersect_cylinder(o, d, centre, half)
-    return _intersect_cone(o, d, centre, half)
-
-
-def _normals(scene: Scene, i: int, p: np.ndarray) -> np.ndarray:
-    """Outward unit normals (3, M) of primitive ``i`` at surface points ``p`` (3, M)."""
-    kind, half = scene.kinds[i], scene.half_extents[i].tolist()
-    q = p - scene.centers[i].astype(np.float32)[:, None]
-    if kind == SPHERE:
-        n = q
-    elif kind == BOX:
-        yaw = float(scene.yaws[i])
-        ql = np.stack(_to_box_frame(q, yaw)) / np.array(half, np.float32)[:, None]
-        axis = np.argmax(np.abs(ql), axis=0)  # the face whose slab the point lies on
-        cols = np.arange(ql.shape[1])
-        nl = np.zeros_like(ql)
-        nl[axis, cols] = np.sign(ql[axis, cols])
-        cy, sy = np.cos(yaw), np.sin(yaw)  # back to world: rotation_about_axis(WORLD_UP, yaw)
-        n = np.stack([cy * nl[0] - sy * nl[2], nl[1], sy * nl[0] + cy * nl[2]])
-    else:
-        r, hh = half[0], half[1]
-        n = q.copy()
-        # Cone: gradient of x^2 + z^2 - k^2 (y - y_apex)^2; cylinder: radial.
-        n[1] = -((r / (2.0 * hh)) ** 2) * (q[1] + hh) if kind == CONE else 0.0
-        on_cap = np.abs(np.abs(q[1]) - hh) < 1e-3 * hh  # caps are the only flat parts
-        n[:, on_cap] = np.array([0.0, 1.0, 0.0], np.float32)[:, None] * np.sign(q[1, on_cap])
-    return n / np.maximum(np.sqrt(n[0] ** 2 + n[1] ** 2 + n[2] ** 2), 1e-12)
 
 
 def _candidate_rays(
@@ -470,14 +114,14 @@ def render(
     # primitives, each intersected only with its candidate rays.
     if scene.ground:
         with np.errstate(divide="ignore"):
-            depth = _valid(-o[1] / d[1], True).astype(f32)
+            depth = valid_hits(-o[1] / d[1], True).astype(f32)
     else:
         depth = np.full(d[0].shape, np.inf, f32)
     ids = np.where(np.isfinite(depth), GROUND_ID, SKY_ID).astype(np.int32)
     candidates = _candidate_rays(scene, k, c2w, height, width) if num_prims else []
     for i, idx in enumerate(candidates):
         if idx.size:
-            t = _intersect(scene, i, tuple(x[idx] for x in o), tuple(x[idx] for x in d))
+            t = intersect(scene, i, tuple(x[idx] for x in o), tuple(x[idx] for x in d))
             closer = np.flatnonzero(t < depth[idx])
             depth[idx[closer]] = t[closer]
             ids[idx[closer]] = i
@@ -499,7 +143,7 @@ def render(
         if sel is None or not sel.size:
             continue
         sel = candidates[i][sel]
-        n = _normals(scene, i, np.stack([x[sel] for x in p]))
+        n = surface_normals(scene, i, np.stack([x[sel] for x in p]))
         for j in range(3):
             normals[j][sel] = n[j]
             albedo[j][sel] = scene.colors[i, j]
@@ -522,7 +166,7 @@ def render(
             if cand.size:
                 # Step off the surface before casting towards the light.
                 so = tuple(p[j][cand] + f32(1e-3) * normals[j][cand] for j in range(3))
-                t_sh = _intersect(scene, i, so, tuple(light))  # float32 scalars
+                t_sh = intersect(scene, i, so, tuple(light))  # float32 scalars
                 shadowed[cand[np.isfinite(t_sh)]] = True
         lit[shadowed] = 0.0
     shade = scene.ambient + (1.0 - scene.ambient) * lit
@@ -550,11 +194,6 @@ def render(
 
 
 # --------------------------------------------------------------------------- examples
-
-
-def scene_rng(split: str, index: int, seed: int = 0) -> np.random.Generator:
-    """The generator of one scene: independent of resolution and of every other scene."""
-    return np.random.default_rng([seed, SPLIT_IDS[split], index])
 
 
 def generate_example(split: str, index: int, resolution: int, seed: int = 0) -> dict:

@@ -5,7 +5,7 @@ Importing this module registers ``synthetic_scenes`` with TFDS, so afterwards
 the array_record format and need no tensorflow (images are yielded as PNG bytes, which
 ``tfds.features.Image`` stores as they are). Scenes come from
 :mod:`vq3d_jax.datasets.raycast`; the conventions (OpenCV camera frame, world up = -y,
-z-depth with +inf for the sky) are documented there.
+z-depth with +inf for the sky) are documented in :mod:`vq3d_jax.datasets.cameras_np`.
 
 Configs: ``res64`` (64², 2048/256/256 train/validation/test scenes), ``res128`` (128²,
 8192/512/512) and ``mini`` (32², 128/32/32; for tests). Scene ``i`` of a split is the same
@@ -27,7 +27,7 @@ from absl import logging
 from etils import epath
 from PIL import Image
 
-from vq3d_jax.datasets import raycast
+from vq3d_jax.datasets import raycast, scenes
 
 NAME = "synthetic_scenes"
 
@@ -72,7 +72,8 @@ def to_tfds_example(example: dict, index: int) -> dict:
     }
 
 
-def _features(resolution: int) -> tfds.features.FeaturesDict:
+def features(resolution: int) -> tfds.features.FeaturesDict:
+    """The builder's feature layout at ``resolution``² (see :class:`SyntheticScenes`)."""
     f = tfds.features
     image = lambda: f.Image(shape=(resolution, resolution, 3), encoding_format="png")
     # zlib shrinks the float32 depth maps ~7x (flat sky rows, smooth ground) and, unlike
@@ -87,7 +88,7 @@ def _features(resolution: int) -> tfds.features.FeaturesDict:
             "intrinsics": matrix(3),
             "cam_to_world": matrix(4),
             "scene_center": f.Tensor(shape=(3,), dtype=np.float32),
-            "label": f.ClassLabel(names=raycast.CLASS_NAMES),
+            "label": f.ClassLabel(names=scenes.CLASS_NAMES),
             "novel_views": f.Sequence(
                 {
                     "image": image(),
@@ -96,7 +97,7 @@ def _features(resolution: int) -> tfds.features.FeaturesDict:
                     "cam_to_world": matrix(4),
                     "yaw_pitch": f.Tensor(shape=(2,), dtype=np.float32),
                 },
-                length=raycast.NUM_NOVEL_VIEWS,
+                length=scenes.NUM_NOVEL_VIEWS,
             ),
         }
     )
@@ -109,7 +110,7 @@ class SyntheticScenes(tfds.core.GeneratorBasedBuilder):
     ``intrinsics``, OpenCV ``cam_to_world``), the scene pivot ``scene_center``, the class
     ``label`` of the primitive covering most canonical pixels, and ``novel_views``: the
     canonical camera orbited about ``scene_center`` by the fixed ``yaw_pitch`` offsets of
-    ``raycast.NOVEL_VIEW_OFFSETS_DEG`` (radians), each with image, depth and camera.
+    ``scenes.NOVEL_VIEW_OFFSETS_DEG`` (radians), each with image, depth and camera.
     """
 
     VERSION = tfds.core.Version("1.0.0")
@@ -158,7 +159,7 @@ class SyntheticScenes(tfds.core.GeneratorBasedBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description=self.__doc__,
-            features=_features(self.builder_config.resolution),
+            features=features(self.builder_config.resolution),
             supervised_keys=("image", "label"),
             # Keep generation order on disk, so record i of a split is scene i.
             disable_shuffling=True,

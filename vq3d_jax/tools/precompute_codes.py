@@ -20,7 +20,7 @@ training encodes on the fly. The output is a TFDS dataset in the array_record fo
 in ``id`` order. Bad source records (masked eval slots) are skipped and counted. The
 dataset's ``metadata.json`` (and description) name the stage-1 run and checkpoint
 step, the vocabulary size, the length and the image size, so that a reader can refuse
-codes that do not fit its model (``input_pipeline.open_codes_source``).
+codes that do not fit its model (``datasets.sources.open_codes_source``).
 
 The dataset is written under a temporary sibling folder and renamed into place at the
 end: an interrupted run leaves no ``CODES_DIR`` (at most an ``*.incomplete-*`` folder,
@@ -178,7 +178,7 @@ def _encode_fn(task):
 
 def encoded_examples(rt, state, batches, *, stats: dict | None = None,
                      desc: str = "") -> Iterator[dict]:
-    """The codes of every example of `batches` (an `input_pipeline.EvalBatches`).
+    """The codes of every example of `batches` (a `datasets.pipeline.EvalBatches`).
 
     Every process must consume this (the jitted calls are collective); all of them
     get every example of the global batches, in ``id`` order. Masked slots inside the
@@ -263,7 +263,7 @@ def precompute(rt, state, stage1_step: int, output_dir: str,
     import jax
     from jax.experimental import multihost_utils
 
-    from vq3d_jax import input_pipeline
+    from vq3d_jax.datasets import pipeline
 
     config, task = rt.config, rt.task
     is_writer = jax.process_index() == 0
@@ -283,7 +283,7 @@ def precompute(rt, state, stage1_step: int, output_dir: str,
     logging.info("precompute_codes: %s", json.dumps(metadata))
 
     def split_examples(split: str) -> Iterator[dict]:
-        batches = input_pipeline.create_eval_iterator(
+        batches = pipeline.create_eval_iterator(
             config.data, split=split, global_batch_size=config.eval.global_batch_size)
         stats = metadata["splits"].setdefault(split, {})
         logging.info("precompute_codes: %s/%s: %d examples in %d batches", config.data.name,
