@@ -52,7 +52,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "disc_mbstd_group_size": 4,
         }
     )
-    # Loss weights: L2 1.0, LPIPS 0.1, adversarial 0.1 (SPECS.md, public reimplementation).
+    # Loss weights: L2 1.0, LPIPS 0.1, adversarial 0.1, as a public ViT-VQGAN
+    # reimplementation sets them.
     c.loss = ml_collections.ConfigDict(
         {
             "l2": 1.0,

@@ -8,7 +8,7 @@ view (main D) and on novel views (novel-view D).
 Presets: tiny (CPU, minutes, synthetic scenes at 32²) | synthetic128 (a GPU run on the
 synthetic scenes) | imagenet256 (paper-sized). Usage:
   --config=configs/vq3d_stage1.py:tiny
-Every value the paper does not publish is tagged [choice] (SPECS.md, VQ3D).
+Every value the paper does not publish is tagged [choice].
 """
 
 import ml_collections
@@ -100,7 +100,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # image by least squares (VQ3D §3.2); 'none' compares disparities as they are
         # (only right when the depth is metric in the model's units).
         depth_alignment="scale_shift",
-        # 'disparity': |d − d*| (SPECS.md's form); 'log_disparity': |log d − log d*|, a
+        # 'disparity': |d − d*| (VQ3D §3.2's form); 'log_disparity': |log d − log d*|, a
         # relative error like AbsRel's (losses.disparity_error) [choice].
         depth_space="disparity",
         # [choice] Weights, with the depth decoder: on tiny at step 1000 (64 held-out

@@ -6,7 +6,7 @@ and newest checkpoint: codebook size, token grid, encoder, decoder, NeRF).
 
 Presets: tiny (CPU, minutes, on a tiny stage-1 run) | imagenet256_base
 (24L/1024/16 heads) | imagenet256_large (36L/1536/24 heads); sizes from
-ViT-VQGAN's stage 2 (SPECS.md). Usage:
+ViT-VQGAN's stage 2 (arXiv 2110.04627 §4). Usage:
   --config=configs/vq3d_stage2.py:tiny --config.stage1.workdir=DIR
 Every value the papers do not publish is tagged [choice].
 """

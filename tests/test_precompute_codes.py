@@ -137,7 +137,7 @@ def test_codes_that_do_not_fit_the_model_are_clear_errors(written, tmp_path):
 
 def test_writing_is_all_or_nothing_and_never_overwrites(tmp_path):
     out = tmp_path / "codes"
-    meta = {"format": pc.NAME, "vocab_size": 8, "length": 3, "image_size": 32}
+    meta = {"format": pc.CODES_FORMAT, "vocab_size": 8, "length": 3, "image_size": 32}
 
     def examples(n, fail_at=None):
         for i in range(n):

@@ -4,7 +4,7 @@ Dataset-side code only (pure numpy, no TFDS, no jax): the library's differentiab
 camera geometry belongs in ``vq3d_jax.geometry`` (jnp); the few camera helpers here are
 kept small and exist so the dataset can be generated (and tested) on its own.
 
-Conventions (``DESIGN.md``, "One camera convention"), shared by :mod:`.scenes`,
+Conventions (the library's one, as in ``vq3d_jax.geometry.cameras``), shared by :mod:`.scenes`,
 :mod:`.intersect` and :mod:`.raycast`:
 
 * camera frame OpenCV: +x right, +y down, +z forward;

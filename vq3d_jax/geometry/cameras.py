@@ -1,4 +1,4 @@
-"""Pinhole cameras in the library's one convention (``DESIGN.md``, "One camera convention").
+"""Pinhole cameras in the library's one convention, used by every renderer and dataset:
 
 * camera frame OpenCV: +x right, +y down, +z forward (into the scene);
 * ``cam_to_world`` [..., 4, 4]: rotation columns are the camera axes in world coordinates,
@@ -44,7 +44,7 @@ def as_float(x) -> jnp.ndarray:
 def intrinsics_from_fov(fov_deg, height: int, width: int) -> jnp.ndarray:
     """Pinhole K from the horizontal field of view: f = (W/2) / tan(fov/2), square pixels.
 
-    Same K as ``datasets.raycast.intrinsics_from_fov`` — but note the argument order here
+    Same K as ``datasets.cameras_np.intrinsics_from_fov`` — but note the argument order here
     is (height, width), that one's is (width, height). ``fov_deg`` may be batched [...].
     """
     fov = as_float(fov_deg)

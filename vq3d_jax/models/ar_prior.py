@@ -32,9 +32,9 @@ Dtype = Any
 ACT_LOGITS = ("activation_batch", "activation_length", "activation_vocab")
 
 # depth / width / heads; the MLP is 4× the width. base and large are the stage-2
-# sizes SPECS.md gives for ViT-VQGAN (24L/1024/16 heads, 36L/1536/24 heads). These
+# sizes quoted for ViT-VQGAN's VIM (24L/1024/16 heads, 36L/1536/24 heads). These
 # dims make 321M and 1.05B parameters (vocab 8192, 1024 codes), not the ~650M and
-# ~1.7B SPECS.md quotes beside them (marked unverified): we keep the stated dims.
+# ~1.7B quoted beside them: we keep the stated dims.
 PRESETS: dict[str, tuple[int, int, int]] = {
     "tiny": (2, 64, 2),
     "small": (12, 512, 8),

@@ -176,7 +176,7 @@ def tokens_to_planes(x: jax.Array, q: int, channels: int) -> jax.Array:
 class TriplaneDecoder(nn.Module):
     """Tokens [B, G·G, width] → tri-plane features [B, 3, R, R, C] float32, R = G·q.
 
-    VQ3D's decoder head [choice, SPECS.md]: the same ViT trunk as `Decoder2D`,
+    VQ3D's decoder head [choice; the paper leaves it open]: the same ViT trunk as `Decoder2D`,
     then a per-token projection into a q×q patch of each plane (xy, yz, zx);
     planes are channels-last.
     """

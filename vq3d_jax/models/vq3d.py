@@ -7,7 +7,7 @@ the NeRF MLP, a separate module whose parameters are passed explicitly to
 `render_view`, so the renderer's `lax.map` chunking and the per-image `vmap` stay
 pure JAX.
 
-Scene frame [choice, SPECS.md]: the canonical camera looks at the origin from
+Scene frame [choice; VQ3D does not say]: the canonical camera looks at the origin from
 `distance` away, elevated like the dataset's camera (no roll; world up −y, OpenCV
 frame), so the model's world is the scene's. World points are contracted
 (mip-NeRF 360) around the origin, so content near the origin gets the tri-plane's

@@ -47,7 +47,8 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-NAME = "vq3d_codes"  # the TFDS name of every codes dataset (files vq3d_codes-<split>.*)
+from vq3d_jax.datasets.sources import CODES_FORMAT
+
 DATASET_VERSION = "1.0.0"
 # What the jitted encode step receives: images and labels, plus each slot's split
 # position and mask, which come back replicated so that process 0 sees every slot.
@@ -64,7 +65,7 @@ class CodesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     (``tfds.builder_from_directory``), which needs no builder class.
     """
 
-    name = NAME
+    name = CODES_FORMAT  # the TFDS name of every codes dataset (files vq3d_codes-<split>.*)
     VERSION = tfds.core.Version(DATASET_VERSION)
     RELEASE_NOTES = {DATASET_VERSION: "Stage-1 codes (vq3d_jax.tools.precompute_codes)."}
 
@@ -270,7 +271,7 @@ def precompute(rt, state, stage1_step: int, output_dir: str,
     if is_writer:
         _check_output(epath.Path(output_dir), overwrite)
     metadata = {
-        "format": NAME,
+        "format": CODES_FORMAT,
         "vocab_size": int(task.vocab_size),
         "length": int(task.length),
         "image_size": int(config.data.image_size),
