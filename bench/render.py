@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 from bench.common import emit, median_seconds  # noqa: E402
 from vq3d_jax import geometry as geo  # noqa: E402
-from vq3d_jax.models.vq3d import NeRFMLP, triplane_field  # noqa: E402
+from vq3d_jax.models.triplane_nerf import NeRFMLP, triplane_field  # noqa: E402
 
 EG3D_RAYS_PER_S = {"forward": 3.0e6, "forward_backward": 0.87e6}
 
@@ -57,12 +57,12 @@ def main() -> None:
     origins, directions = geo.pixel_rays(k, c2w, side, side)
     origins = origins.reshape(-1, 3)[: args.rays]
     directions = directions.reshape(-1, 3)[: args.rays]
-    options = dict(near=2.25, far=3.3, num_samples=args.samples,
-                   num_importance=args.importance, chunk_size=args.chunk or None)
+    options = geo.RenderOptions(near=2.25, far=3.3, num_samples=args.samples,
+                                num_importance=args.importance, chunk_size=args.chunk or None)
 
     def render(planes, mlp_params, rng):
         out = geo.render_rays(triplane_field(mlp, mlp_params, planes), origins, directions,
-                              rng, **options)
+                              rng, options)
         return out["color"]
 
     forward = jax.jit(render)

@@ -1,11 +1,13 @@
 """Hierarchical ray rendering of an analytic field against its closed-form geometry."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from vq3d_jax import geometry as geo
-from vq3d_jax.geometry.renderer import FAR_BACKDROP_T
+from vq3d_jax.geometry.field_rendering import FAR_BACKDROP_T
 
 CENTRE = jnp.asarray([0.0, 0.0, 4.0])
 RADIUS = 1.0
@@ -30,8 +32,9 @@ def test_sphere_depth_opacity_and_background():
     origins, directions = _camera_rays()
     render = jax.jit(
         lambda o, d: geo.render_rays(
-            sphere_field, o, d, jax.random.PRNGKey(0), near=0.5, far=jnp.inf,
-            num_samples=64, num_importance=64, background=jnp.ones(3),
+            sphere_field, o, d, jax.random.PRNGKey(0),
+            geo.RenderOptions(near=0.5, far=jnp.inf, num_samples=64, num_importance=64),
+            background=jnp.ones(3),
         )
     )
     out = render(origins, directions)
@@ -51,11 +54,11 @@ def test_sphere_depth_opacity_and_background():
 
 def test_chunked_rendering_equals_unchunked():
     origins, directions = _camera_rays(size=5)
-    kwargs = dict(near=0.5, far=jnp.inf, num_samples=16, num_importance=8, randomized=False)
-    whole = geo.render_rays(sphere_field, origins, directions, jax.random.PRNGKey(1), **kwargs)
-    chunked = geo.render_rays(
-        sphere_field, origins, directions, jax.random.PRNGKey(1), chunk_size=7, **kwargs
-    )
+    options = geo.RenderOptions(near=0.5, far=jnp.inf, num_samples=16, num_importance=8,
+                                randomized=False)
+    whole = geo.render_rays(sphere_field, origins, directions, jax.random.PRNGKey(1), options)
+    chunked = geo.render_rays(sphere_field, origins, directions, jax.random.PRNGKey(1),
+                              dataclasses.replace(options, chunk_size=7))
     for key in ("color", "depth", "opacity", "weights", "t"):
         np.testing.assert_allclose(chunked[key], whole[key], rtol=1e-6, atol=1e-6, err_msg=key)
 
@@ -73,10 +76,11 @@ def sphere_under_sky(points):
 
 def test_far_backdrop_ends_missed_rays_on_the_sky_in_their_own_direction():
     origins, directions = _camera_rays()
-    kwargs = dict(near=0.5, far=jnp.inf, num_samples=64, num_importance=64,
-                  background=jnp.zeros(3), far_backdrop=True)
+    options = geo.RenderOptions(near=0.5, far=jnp.inf, num_samples=64, num_importance=64,
+                                far_backdrop=True)
     render = jax.jit(lambda o, d: geo.render_rays(sphere_under_sky, o, d,
-                                                  jax.random.PRNGKey(0), **kwargs))
+                                                  jax.random.PRNGKey(0), options,
+                                                  background=jnp.zeros(3)))
     out = render(origins, directions)
     # A hit is rendered as without the backdrop; one more sample ends every ray.
     np.testing.assert_allclose(out["depth_normalized"][4, 4], 3.0, atol=0.03)
@@ -95,10 +99,11 @@ def test_far_backdrop_keeps_every_finite_sample_where_it_was():
     """The backdrop is one more sample, not a replacement for the last finite one: ground
     beyond the last bin edge (30 near-units at 12 bins) must still have a sample there."""
     origins, directions = _camera_rays(size=3)
-    kwargs = dict(near=0.5, far=jnp.inf, num_samples=12, num_importance=0, randomized=False)
-    plain = geo.render_rays(sphere_field, origins, directions, jax.random.PRNGKey(0), **kwargs)
+    options = geo.RenderOptions(near=0.5, far=jnp.inf, num_samples=12, num_importance=0,
+                                randomized=False)
+    plain = geo.render_rays(sphere_field, origins, directions, jax.random.PRNGKey(0), options)
     with_sky = geo.render_rays(sphere_field, origins, directions, jax.random.PRNGKey(0),
-                               far_backdrop=True, **kwargs)
+                               dataclasses.replace(options, far_backdrop=True))
     np.testing.assert_allclose(with_sky["t"][..., :-1], plain["t"], rtol=1e-6)
     np.testing.assert_allclose(with_sky["t"][..., -1], FAR_BACKDROP_T)
     # The finite samples' weights are unchanged on a hit (the ball stops the ray first).

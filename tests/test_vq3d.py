@@ -7,8 +7,13 @@ import numpy as np
 import pytest
 
 from vq3d_jax import geometry as geo
-from vq3d_jax.models.vit_vqgan import TriplaneDecoder, VitVQGAN, tokens_to_planes
-from vq3d_jax.models.vq3d import NeRFMLP, canonical_camera, render_view
+from vq3d_jax.models.triplane_nerf import NeRFMLP, render_view
+from vq3d_jax.models.vq3d import (
+    TriplaneDecoder,
+    VQ3DAutoencoder,
+    canonical_camera,
+    tokens_to_planes,
+)
 
 
 def test_tokens_to_planes_places_each_patch_under_its_token():
@@ -52,7 +57,7 @@ def test_nerf_mlp_density_and_colour_ranges():
 
 def test_vq3d_autoencoder_renders_a_homogeneous_medium_in_closed_form():
     """Zero MLP weights give σ = softplus(−1) everywhere: opacity = 1 − exp(−σ·distance)."""
-    model = VitVQGAN(
+    model = VQ3DAutoencoder(
         encoder_variant="mu", decoder_variant="mu", patch_size=8, image_size=16,
         codebook_size=16, code_dim=8, decoder_head="triplane", plane_resolution=8,
         plane_channels=4,
@@ -70,8 +75,10 @@ def test_vq3d_autoencoder_renders_a_homogeneous_medium_in_closed_form():
     near, far = 0.5, 3.0
     render = jax.vmap(
         lambda p, key: render_view(
-            mlp, mlp_params, p, k, c2w, key, height=5, width=5, near=near, far=far,
-            num_samples=32, num_importance=16, background=jnp.zeros(3), chunk_size=10,
+            mlp, mlp_params, p, k, c2w, key,
+            geo.RenderOptions(near=near, far=far, num_samples=32, num_importance=16,
+                              chunk_size=10),
+            height=5, width=5, background=jnp.zeros(3),
         )
     )
     out = render(planes, jax.random.split(jax.random.PRNGKey(1), 2))

@@ -1,11 +1,11 @@
-"""Pure ``jax.numpy`` geometry shared by every head: cameras, contraction, ray sampling,
-volume rendering, tri-plane lookup and splatting, depth-based warps (no Flax).
+"""Pure ``jax.numpy`` geometry shared by every head: cameras, contraction, ray sampling
+(ray_sampling.py), compositing along rays (compositing.py), rendering a field through
+both (field_rendering.py), tri-plane lookup and splatting, depth-based warps (no Flax).
 Conventions: ``cameras`` module docstring.
 """
 
 from vq3d_jax.geometry.cameras import (
     WORLD_UP,
-    Camera,
     intrinsics_from_fov,
     look_at,
     normalize_directions,
@@ -17,10 +17,11 @@ from vq3d_jax.geometry.cameras import (
     unproject,
     world_to_camera,
 )
+from vq3d_jax.geometry.compositing import interval_midpoints, volume_render
 from vq3d_jax.geometry.contraction import contract, contract_to_unit, inverse_contract
-from vq3d_jax.geometry.renderer import render_rays
-from vq3d_jax.geometry.rendering import interval_midpoints, volume_render
-from vq3d_jax.geometry.sampling import (
+from vq3d_jax.geometry.field_rendering import RenderOptions, render_rays
+from vq3d_jax.geometry.precision import at_least_float32
+from vq3d_jax.geometry.ray_sampling import (
     edges_from_samples,
     merge_samples,
     sample_pdf,
@@ -37,7 +38,8 @@ from vq3d_jax.geometry.warp import backward_warp, bilinear_sample
 
 __all__ = [
     "WORLD_UP",
-    "Camera",
+    "RenderOptions",
+    "at_least_float32",
     "PLANE_AXES",
     "PLANE_NAMES",
     "backward_warp",

@@ -20,25 +20,11 @@ computed in float32 at least (float64 inputs stay float64).
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax.numpy as jnp
 
+from vq3d_jax.geometry.precision import at_least_float32
+
 WORLD_UP = (0.0, -1.0, 0.0)
-
-
-class Camera(NamedTuple):
-    """The camera every renderer takes; a NamedTuple is already a JAX pytree."""
-
-    intrinsics: jnp.ndarray  # [..., 3, 3] pixels
-    cam_to_world: jnp.ndarray  # [..., 4, 4]
-
-
-def as_float(x) -> jnp.ndarray:
-    """x as float32 at least (float64 stays): bf16 poses lose the camera centre at scene
-    scale. Shared by the camera and warp code."""
-    x = jnp.asarray(x)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def intrinsics_from_fov(fov_deg, height: int, width: int) -> jnp.ndarray:
@@ -47,7 +33,7 @@ def intrinsics_from_fov(fov_deg, height: int, width: int) -> jnp.ndarray:
     Same K as ``datasets.cameras_np.intrinsics_from_fov`` — but note the argument order here
     is (height, width), that one's is (width, height). ``fov_deg`` may be batched [...].
     """
-    fov = as_float(fov_deg)
+    fov = at_least_float32(fov_deg)
     focal = 0.5 * width / jnp.tan(0.5 * jnp.deg2rad(fov))
     zero, one = jnp.zeros_like(focal), jnp.ones_like(focal)
     rows = [
@@ -63,9 +49,9 @@ def rotation_about_axis(axis, angle) -> jnp.ndarray:
 
     Rodrigues' formula: R = I + sin(a) [k]x + (1 - cos(a)) [k]x^2 with k = axis / |axis|.
     """
-    axis = as_float(axis)
+    axis = at_least_float32(axis)
     k = axis / jnp.linalg.norm(axis, axis=-1, keepdims=True)
-    angle = as_float(angle)[..., None, None]
+    angle = at_least_float32(angle)[..., None, None]
     kx, ky, kz = k[..., 0], k[..., 1], k[..., 2]
     zero = jnp.zeros_like(kx)
     skew = jnp.stack(
@@ -96,7 +82,7 @@ def look_at(eye, target, up=WORLD_UP) -> jnp.ndarray:
     z = (target - eye)/|.|, x = z × up / |.| (right), y = z × x (down = -up projected):
     a right-handed OpenCV frame. Undefined when the view direction is parallel to ``up``.
     """
-    eye, target = as_float(eye), as_float(target)
+    eye, target = at_least_float32(eye), at_least_float32(target)
     up = jnp.asarray(up, eye.dtype)
     z = target - eye
     z = z / jnp.linalg.norm(z, axis=-1, keepdims=True)
@@ -113,7 +99,7 @@ def orbit(cam_to_world, pivot, yaw, pitch) -> jnp.ndarray:
     the pivot), so a camera looking at the pivot keeps looking at it and at the same
     distance; no roll is added. Positive pitch tilts the nose up, moving the camera down.
     """
-    c2w = as_float(cam_to_world)
+    c2w = at_least_float32(cam_to_world)
     pivot = jnp.asarray(pivot, c2w.dtype)
     up = jnp.broadcast_to(jnp.asarray(WORLD_UP, c2w.dtype), c2w.shape[:-2] + (3,))
     rot = rotation_about_axis(up, yaw) @ rotation_about_axis(c2w[..., :3, 0], pitch)
@@ -143,8 +129,8 @@ def pixel_rays(intrinsics, cam_to_world, height: int, width: int):
     camera-frame z is 1, so ``t`` in ``o + t d`` is the z-depth (not the distance: that is
     ``t |d|``).
     """
-    c2w = as_float(cam_to_world)
-    k = as_float(intrinsics).astype(c2w.dtype)
+    c2w = at_least_float32(cam_to_world)
+    k = at_least_float32(intrinsics).astype(c2w.dtype)
     v, u = jnp.meshgrid(
         jnp.arange(height, dtype=c2w.dtype) + 0.5,
         jnp.arange(width, dtype=c2w.dtype) + 0.5,
@@ -165,14 +151,14 @@ def normalize_directions(directions, eps: float = 1e-12):
     distance = t |d|; densities integrate over distance (NeRF eq. 3), so a renderer fed
     z-depth intervals scales them by |d|.
     """
-    directions = as_float(directions)
+    directions = at_least_float32(directions)
     norm = jnp.sqrt(jnp.maximum(jnp.sum(directions**2, -1), eps))
     return directions / norm[..., None], norm
 
 
 def world_to_camera(points, cam_to_world) -> jnp.ndarray:
     """X_cam = R^T (X - c) for world points [..., 3] (camera dims broadcast with points')."""
-    c2w = as_float(cam_to_world)
+    c2w = at_least_float32(cam_to_world)
     rel = jnp.asarray(points, c2w.dtype) - c2w[..., :3, 3]
     return jnp.sum(c2w[..., :3, :3] * rel[..., :, None], -2)  # column i · rel = (R^T rel)_i
 
@@ -186,7 +172,7 @@ def project(points, intrinsics, cam_to_world):
     camera (z < 0) project mirrored: mask with ``depth > 0``.
     """
     cam = world_to_camera(points, cam_to_world)
-    k = as_float(intrinsics).astype(cam.dtype)
+    k = at_least_float32(intrinsics).astype(cam.dtype)
     uvw = jnp.sum(k * cam[..., None, :], -1)  # K @ X_cam
     return uvw[..., :2] / uvw[..., 2:3], cam[..., 2]
 
@@ -196,8 +182,8 @@ def unproject(uv, depth, intrinsics, cam_to_world) -> jnp.ndarray:
 
     X = c + R (depth K^-1 [u, v, 1]) (same model as :func:`project`).
     """
-    c2w = as_float(cam_to_world)
-    k = as_float(intrinsics).astype(c2w.dtype)
+    c2w = at_least_float32(cam_to_world)
+    k = at_least_float32(intrinsics).astype(c2w.dtype)
     depth = jnp.asarray(depth, c2w.dtype)[..., None]
     cam = _camera_directions(k, jnp.asarray(uv, c2w.dtype)) * depth
     return jnp.sum(c2w[..., :3, :3] * cam[..., None, :], -1) + c2w[..., :3, 3]
@@ -214,7 +200,8 @@ def rebase_camera(cam_to_world, source_reference, target_reference, scale=1.0):
     median depth matching, as for AbsRel). Projections are invariant: a point X seen
     by ``cam_to_world`` projects to the same pixel as M(X) seen by the result.
     """
-    cam, src, tgt = as_float(cam_to_world), as_float(source_reference), as_float(target_reference)
+    cam, src, tgt = (at_least_float32(m) for m in (cam_to_world, source_reference,
+                                                   target_reference))
     scale = jnp.asarray(scale, cam.dtype)
     local_centre = world_to_camera(cam[..., :3, 3], src) * scale[..., None]
     centre = jnp.einsum("...ij,...j->...i", tgt[..., :3, :3], local_centre) + tgt[..., :3, 3]

@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from vq3d_jax.geometry.precision import at_least_float32
+
 _EPS = 1e-12  # floor on |x|^2: keeps the unused outside branch finite at x = 0
-
-
-def _as_f32(x):
-    x = jnp.asarray(x)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32)), x.dtype
 
 
 def contract(x, eps: float = _EPS) -> jnp.ndarray:
@@ -30,7 +27,8 @@ def contract(x, eps: float = _EPS) -> jnp.ndarray:
     division of the clamped |x|^2, so both ``where`` branches (and their gradients) stay
     finite at x = 0 and for huge |x|.
     """
-    x, dtype = _as_f32(x)
+    dtype = jnp.asarray(x).dtype
+    x = at_least_float32(x)
     sq = jnp.maximum(jnp.sum(x * x, -1, keepdims=True), eps)
     scale = (2.0 * jnp.sqrt(sq) - 1.0) / sq
     return jnp.where(sq <= 1.0, x, scale * x).astype(dtype)
@@ -47,7 +45,8 @@ def inverse_contract(z, eps: float = 1e-6) -> jnp.ndarray:
     ``2 - |z|`` is floored at ``eps`` so points on the radius-2 sphere map to a large
     finite distance (1/eps) rather than inf.
     """
-    z, dtype = _as_f32(z)
+    dtype = jnp.asarray(z).dtype
+    z = at_least_float32(z)
     sq = jnp.maximum(jnp.sum(z * z, -1, keepdims=True), _EPS)
     norm = jnp.sqrt(sq)
     scale = 1.0 / (jnp.maximum(2.0 - norm, eps) * norm)

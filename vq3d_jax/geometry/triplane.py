@@ -19,6 +19,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from vq3d_jax.geometry.precision import at_least_float32
+
 # (column axis, row axis) of each plane.
 PLANE_AXES = ((0, 1), (1, 2), (2, 0))
 PLANE_NAMES = ("xy", "yz", "zx")
@@ -34,7 +36,7 @@ def _bilinear_corners(coord, res):
 
 def _plane_coords(points):
     """Points [N, 3] → each plane's column and row coordinates, [N, 3] each."""
-    pts = points.astype(jnp.promote_types(points.dtype, jnp.float32))
+    pts = at_least_float32(points)
     cols = jnp.stack([pts[:, a] for a, _ in PLANE_AXES], -1)
     rows = jnp.stack([pts[:, b] for _, b in PLANE_AXES], -1)
     return cols, rows

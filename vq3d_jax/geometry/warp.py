@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from vq3d_jax.geometry.cameras import as_float, pixel_rays, project
+from vq3d_jax.geometry.cameras import pixel_rays, project
+from vq3d_jax.geometry.precision import at_least_float32
 
 # Stand-in z-depth for pixels at infinity: far enough that the camera baseline does not
 # move them by a measurable fraction of a pixel, near enough for float32.
@@ -26,7 +27,7 @@ def bilinear_sample(image, uv) -> jnp.ndarray:
     Pixel centres sit at integer + 0.5 (the camera convention); coordinates outside the
     centres' range clamp to the border pixels. Returns [..., C] in the image's float type.
     """
-    image = as_float(image)
+    image = at_least_float32(image)
     height, width = image.shape[:2]
     u = jnp.clip(uv[..., 0] - 0.5, 0.0, width - 1.0)
     v = jnp.clip(uv[..., 1] - 0.5, 0.0, height - 1.0)
@@ -50,7 +51,7 @@ def backward_warp(source_image, source_intrinsics, source_cam_to_world,
     """
     height, width = target_depth.shape
     origins, directions = pixel_rays(target_intrinsics, target_cam_to_world, height, width)
-    depth = as_float(target_depth)
+    depth = at_least_float32(target_depth)
     depth = jnp.where(jnp.isfinite(depth), depth, _FAR)
     points = origins + depth[..., None] * directions  # t along a z = 1 ray is the z-depth
     uv, z = project(points, source_intrinsics, source_cam_to_world)

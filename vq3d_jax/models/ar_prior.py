@@ -10,7 +10,7 @@ prior too (and enables classifier-free guidance, an extension beyond the paper).
 
 `sample_codes` is the decode loop: one jitted `lax.fori_loop` per cache segment
 with static shapes, a key/value cache per layer, temperature / top-k / top-p
-(nn/sampling.py) and a per-example key, so sample i depends only on its own
+(nn/token_sampling.py) and a per-example key, so sample i depends only on its own
 key and label, not on the batch it is drawn in.
 """
 
@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vq3d_jax.nn import sampling
+from vq3d_jax.nn import token_sampling
 from vq3d_jax.nn.partitioning import partitioned
 from vq3d_jax.nn.vit import ACT_EMBED, TransformerBlock, layer_norm
 
@@ -145,7 +145,7 @@ def grow_cache(cache: list[dict], length: int) -> list[dict]:
 
 @dataclasses.dataclass(frozen=True)
 class SamplingOptions:
-    """How `sample_codes` draws: see nn/sampling.py; `guidance_scale` 1 = plain conditional.
+    """How `sample_codes` draws: see nn/token_sampling.py; `guidance_scale` 1 = plain conditional.
 
     `guidance_scale` w ≠ 1 is classifier-free guidance (Ho & Salimans 2022, eq. 6 in
     logit form: ℓ = ℓ_null + w·(ℓ_y − ℓ_null)), beyond the VQ3D paper.
@@ -185,7 +185,7 @@ def sample_codes(model: ARPrior, params, labels: jax.Array, keys: jax.Array,
             cond, null = logits[:batch], logits[batch:]
             logits = null + options.guidance_scale * (cond - null)
         step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, t)
-        return jax.vmap(lambda k, row: sampling.sample_tokens(
+        return jax.vmap(lambda k, row: token_sampling.sample_tokens(
             k, row, temperature=options.temperature, top_k=options.top_k,
             top_p=options.top_p))(step_keys, logits)
 

@@ -6,7 +6,8 @@ run through a ViT; the factorised quantizer (§3.2) maps each token to a code;
 the decoder ViT maps code features back to p×p×C pixel patches.
 
 Encoder, quantizer and decoder are separate submodules so that VQ3D can swap
-the 2D decoder for a NeRF decoder consuming the same quantized tokens.
+the 2D decoder for a tri-plane decoder consuming the same quantized tokens
+(models/vq3d.py).
 """
 
 from __future__ import annotations
@@ -161,59 +162,15 @@ class Decoder2D(nn.Module):
         return unpatchify(x.astype(jnp.float32), p, s, s, self.out_channels)
 
 
-def tokens_to_planes(x: jax.Array, q: int, channels: int) -> jax.Array:
-    """[B, G·G, 3·q·q·C] → [B, 3, G·q, G·q, C]: token (i, j) owns texels [iq:(i+1)q, jq:(j+1)q].
-
-    Per plane a depth-to-space, as the 2D decoder does for pixels.
-    """
-    b, t, _ = x.shape
-    grid = int(round(t**0.5))
-    r = grid * q
-    x = x.reshape(b, t, 3, q * q * channels)
-    return jnp.stack([unpatchify(x[:, :, k], q, r, r, channels) for k in range(3)], axis=1)
-
-
-class TriplaneDecoder(nn.Module):
-    """Tokens [B, G·G, width] → tri-plane features [B, 3, R, R, C] float32, R = G·q.
-
-    VQ3D's decoder head [choice; the paper leaves it open]: the same ViT trunk as `Decoder2D`,
-    then a per-token projection into a q×q patch of each plane (xy, yz, zx);
-    planes are channels-last.
-    """
-
-    variant: str
-    plane_resolution: int = 256
-    plane_channels: int = 32
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    remat: bool = False
-    attention_impl: str | None = None
-    zero_init_residual: bool = False
-
-    @nn.compact
-    def __call__(self, tokens: jax.Array) -> jax.Array:
-        grid = int(round(tokens.shape[1] ** 0.5))
-        r, c = self.plane_resolution, self.plane_channels
-        if grid * grid != tokens.shape[1] or r % grid:
-            raise ValueError(
-                f"{tokens.shape[1]} tokens must form a square grid dividing the plane "
-                f"resolution {r}."
-            )
-        q = r // grid
-        x = token_head(self, decoder_trunk(self, tokens, grid), 3 * q * q * c, "to_planes")
-        return tokens_to_planes(x.astype(jnp.float32), q, c)
-
-
 class VitVQGAN(nn.Module):
     """Stage-1 autoencoder: ``Encoder`` → ``FactorizedQuantizer`` → decoder head.
 
-    ``decoder_head``: 'pixels' (``Decoder2D``, ViT-VQGAN's images), 'triplane'
-    (``TriplaneDecoder``, VQ3D's NeRF planes [B, 3, R, R, C], rendered by
-    ``models/vq3d.py``) or 'feature_map' (``Decoder2D`` to an image-aligned
-    [B, R, R, 3C + 1] map that VQ3D lifts into planes: ``models/vq3d.py``).
+    Here the head is ``Decoder2D`` (ViT-VQGAN's images); a subclass swaps it by
+    overriding ``setup_decoder`` and ``decode`` (VQ3D's tri-planes: models/vq3d.py).
     ``__call__(images) -> (decoded, aux)``; ``encode(images) -> (quantized, aux)``;
-    ``decode(quantized)``; ``decode_codes(codes)``. ``aux`` is the quantizer's dict (codes, latents,
-    vq_loss, perplexity, codebook_usage). Params: ``{'encoder', 'quantizer', 'decoder'}``.
+    ``decode(quantized)``; ``decode_codes(codes)``. ``aux`` is the quantizer's dict (codes,
+    latents, vq_loss, perplexity, codebook_usage). Params: ``{'encoder', 'quantizer',
+    'decoder'}``.
     """
 
     encoder_variant: str = "S"
@@ -230,62 +187,32 @@ class VitVQGAN(nn.Module):
     attention_impl: str | None = None
     zero_init_residual: bool = False
     rescale_codes: bool = True
-    decoder_head: str = "pixels"
-    plane_resolution: int = 256
-    plane_channels: int = 32
-    # 'feature_map' head: the disparity channel comes from a decoder of its own (same size,
-    # same tokens) instead of sharing the features' trunk.
-    depth_decoder: bool = False
 
     def setup(self):
-        common = {"dtype": self.dtype, "param_dtype": self.param_dtype}
-        vit = {"remat": self.remat, "attention_impl": self.attention_impl,
-               "zero_init_residual": self.zero_init_residual}
-        self.encoder = Encoder(self.encoder_variant, self.patch_size, **vit, **common)
+        self.encoder = Encoder(self.encoder_variant, self.patch_size, **self.vit_options())
         self.quantizer = FactorizedQuantizer(
             codebook_size=self.codebook_size, code_dim=self.code_dim,
             width=decode_variant(self.decoder_variant)["width"], beta=self.beta,
-            rescale_codes=self.rescale_codes, **common,
+            rescale_codes=self.rescale_codes, dtype=self.dtype, param_dtype=self.param_dtype,
         )
-        if self.decoder_head == "pixels":
-            self.decoder = Decoder2D(
-                self.decoder_variant, self.patch_size, self.image_size,
-                out_channels=self.in_channels, **vit, **common,
-            )
-        elif self.decoder_head == "triplane":
-            self.decoder = TriplaneDecoder(
-                self.decoder_variant, plane_resolution=self.plane_resolution,
-                plane_channels=self.plane_channels, **vit, **common,
-            )
-        elif self.decoder_head == "feature_map":
-            # Image-aligned, at the planes' resolution: per pixel C features for each of the
-            # three planes and a disparity logit, which VQ3D lifts into tri-planes
-            # (models/vq3d.py:lift_feature_map).
-            grid = self.image_size // self.patch_size
-            if self.plane_resolution % grid:
-                raise ValueError(f"plane_resolution {self.plane_resolution} is not a multiple "
-                                 f"of the {grid}×{grid} token grid.")
-            patch_and_size = (self.plane_resolution // grid, self.plane_resolution)
-            self.decoder = Decoder2D(
-                self.decoder_variant, *patch_and_size,
-                out_channels=3 * self.plane_channels + (0 if self.depth_decoder else 1),
-                **vit, **common,
-            )
-            if self.depth_decoder:
-                self.disparity_decoder = Decoder2D(
-                    self.decoder_variant, *patch_and_size, out_channels=1, **vit, **common)
-        else:
-            raise ValueError(f"decoder_head={self.decoder_head!r}: 'pixels', 'triplane' or "
-                             "'feature_map'.")
+        self.setup_decoder()
+
+    def vit_options(self) -> dict:
+        """The ViT settings every encoder and decoder of this model shares."""
+        return {"dtype": self.dtype, "param_dtype": self.param_dtype, "remat": self.remat,
+                "attention_impl": self.attention_impl,
+                "zero_init_residual": self.zero_init_residual}
+
+    def setup_decoder(self):
+        """Called by ``setup``: the decoder head's submodules."""
+        self.decoder = Decoder2D(self.decoder_variant, self.patch_size, self.image_size,
+                                 out_channels=self.in_channels, **self.vit_options())
 
     def encode(self, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         return self.quantizer(self.encoder(images))
 
     def decode(self, quantized: jax.Array) -> jax.Array:
-        decoded = self.decoder(quantized)
-        if self.decoder_head == "feature_map" and self.depth_decoder:
-            decoded = jnp.concatenate([decoded, self.disparity_decoder(quantized)], -1)
-        return decoded
+        return self.decoder(quantized)
 
     def decode_codes(self, codes: jax.Array) -> jax.Array:
         return self.decode(self.quantizer.lookup(codes))

@@ -1,11 +1,9 @@
 """VQ3D stage 1 (arXiv 2302.06833): one image → codes → contracted tri-plane NeRF → views.
 
-The autoencoder is `VitVQGAN` (models/vit_vqgan.py): image → codes → tri-planes,
-either as per-token plane patches (`decoder_head="triplane"`) or through an
-image-aligned feature map with depth, lifted here (`lift_feature_map`). Here also:
-the NeRF MLP, a separate module whose parameters are passed explicitly to
-`render_view`, so the renderer's `lax.map` chunking and the per-image `vmap` stay
-pure JAX.
+`VQ3DAutoencoder` is the ViT-VQGAN encoder and quantizer (models/vit_vqgan.py) with a
+tri-plane decoder head: image → codes → tri-planes, either as per-token plane patches
+(`TriplaneDecoder`) or through an image-aligned feature map with depth, lifted here
+(`lift_feature_map`). The planes are rendered by models/triplane_nerf.py.
 
 Scene frame [choice; VQ3D does not say]: the canonical camera looks at the origin from
 `distance` away, elevated like the dataset's camera (no roll; world up −y, OpenCV
@@ -25,51 +23,58 @@ import jax.numpy as jnp
 import numpy as np
 
 from vq3d_jax import geometry as geo
-from vq3d_jax.nn.partitioning import partitioned
+from vq3d_jax.models.vit_vqgan import (
+    Decoder2D,
+    VitVQGAN,
+    decoder_trunk,
+    token_head,
+    unpatchify,
+)
 
 Dtype = Any
 
 
-class NeRFMLP(nn.Module):
-    """Plane features [..., C] → (density σ ≥ 0, colour or features) (EG3D §4 decoder).
+def tokens_to_planes(x: jax.Array, q: int, channels: int) -> jax.Array:
+    """[B, G·G, 3·q·q·C] → [B, 3, G·q, G·q, C]: token (i, j) owns texels [iq:(i+1)q, jq:(j+1)q].
 
-    Hidden layers with softplus; σ = softplus(raw + density_bias) (EG3D uses a
-    bias of −1 so empty space starts transparent); colour = sigmoid·(1 + 2ε) − ε
-    (EG3D's widened sigmoid, so 0 and 1 are reachable with finite logits).
+    Per plane a depth-to-space, as the 2D decoder does for pixels.
+    """
+    b, t, _ = x.shape
+    grid = int(round(t**0.5))
+    r = grid * q
+    x = x.reshape(b, t, 3, q * q * channels)
+    return jnp.stack([unpatchify(x[:, :, k], q, r, r, channels) for k in range(3)], axis=1)
+
+
+class TriplaneDecoder(nn.Module):
+    """Tokens [B, G·G, width] → tri-plane features [B, 3, R, R, C] float32, R = G·q.
+
+    VQ3D's decoder head [choice; the paper leaves it open]: the same ViT trunk as `Decoder2D`,
+    then a per-token projection into a q×q patch of each plane (xy, yz, zx);
+    planes are channels-last.
     """
 
-    hidden: int = 64
-    num_layers: int = 2
-    out_features: int = 3
-    density_bias: float = -1.0
+    variant: str
+    plane_resolution: int = 256
+    plane_channels: int = 32
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat: bool = False
+    attention_impl: str | None = None
+    zero_init_residual: bool = False
 
     @nn.compact
-    def __call__(self, features: jax.Array) -> tuple[jax.Array, jax.Array]:
-        x = features.astype(self.dtype)
-        for i in range(self.num_layers):
-            x = nn.Dense(
-                self.hidden,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                kernel_init=partitioned(nn.initializers.lecun_normal(), ("mlp_in", "mlp_hidden")),
-                bias_init=partitioned(nn.initializers.zeros, ("mlp_hidden",)),
-                name=f"hidden_{i}",
-            )(x)
-            x = nn.softplus(x)
-        out = nn.Dense(
-            1 + self.out_features,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=partitioned(nn.initializers.lecun_normal(), ("mlp_hidden", "mlp_out")),
-            bias_init=partitioned(nn.initializers.zeros, ("mlp_out",)),
-            name="out",
-        )(x).astype(jnp.float32)
-        density = jax.nn.softplus(out[..., 0] + self.density_bias)
-        eps = 1e-3
-        color = jax.nn.sigmoid(out[..., 1:]) * (1.0 + 2.0 * eps) - eps
-        return density, color
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        grid = int(round(tokens.shape[1] ** 0.5))
+        r, c = self.plane_resolution, self.plane_channels
+        if grid * grid != tokens.shape[1] or r % grid:
+            raise ValueError(
+                f"{tokens.shape[1]} tokens must form a square grid dividing the plane "
+                f"resolution {r}."
+            )
+        q = r // grid
+        x = token_head(self, decoder_trunk(self, tokens, grid), 3 * q * q * c, "to_planes")
+        return tokens_to_planes(x.astype(jnp.float32), q, c)
 
 
 def canonical_camera(
@@ -136,65 +141,47 @@ def lift_feature_map(
     raise ValueError(f"plane fill {fill!r}: 'none' or 'pull_push'.")
 
 
-def triplane_field(mlp: NeRFMLP, mlp_params, planes: jax.Array, scene_scale: float = 1.0):
-    """World points [..., 3] → (σ [...], colour/features [..., C]) of one image's tri-plane.
+class VQ3DAutoencoder(VitVQGAN):
+    """VQ3D's autoencoder: the ViT-VQGAN encoder and quantizer, a tri-plane decoder head.
 
-    Points are scaled to the model's units, contracted into [−1, 1]³
-    (mip-NeRF 360 eq. 10, halved) and looked up on the xy, yz and zx planes;
-    the features are summed (EG3D §4 aggregates the three planes) and decoded
-    by the MLP. σ is per world unit: contraction changes where texels sit, not
-    the density's units.
+    ``decoder_head``: 'triplane' (``TriplaneDecoder``: planes [B, 3, R, R, C]) or
+    'feature_map' (``Decoder2D`` to an image-aligned [B, R, R, 3C + 1] map of per-pixel
+    plane features and a disparity logit, which ``lift_feature_map`` splats into planes).
+    With ``depth_decoder`` the disparity channel comes from a second decoder of the same
+    size reading the same tokens (params 'disparity_decoder') instead of sharing the
+    features' trunk.
     """
 
-    def field(points):
-        coords = geo.contract_to_unit(points * scene_scale)
-        features = geo.triplane_features(planes, coords, reduce="sum")
-        density, color = mlp.apply({"params": mlp_params}, features)
-        return density, color
+    decoder_head: str = "feature_map"
+    plane_resolution: int = 256
+    plane_channels: int = 32
+    depth_decoder: bool = False
 
-    return field
+    def setup_decoder(self):
+        if self.decoder_head == "triplane":
+            self.decoder = TriplaneDecoder(
+                self.decoder_variant, plane_resolution=self.plane_resolution,
+                plane_channels=self.plane_channels, **self.vit_options())
+            return
+        if self.decoder_head != "feature_map":
+            raise ValueError(f"decoder_head={self.decoder_head!r}: 'triplane' or "
+                             "'feature_map'.")
+        # Image-aligned, at the planes' resolution.
+        grid = self.image_size // self.patch_size
+        if self.plane_resolution % grid:
+            raise ValueError(f"plane_resolution {self.plane_resolution} is not a multiple "
+                             f"of the {grid}×{grid} token grid.")
+        patch_and_size = (self.plane_resolution // grid, self.plane_resolution)
+        self.decoder = Decoder2D(
+            self.decoder_variant, *patch_and_size,
+            out_channels=3 * self.plane_channels + (0 if self.depth_decoder else 1),
+            **self.vit_options())
+        if self.depth_decoder:
+            self.disparity_decoder = Decoder2D(
+                self.decoder_variant, *patch_and_size, out_channels=1, **self.vit_options())
 
-
-def render_view(
-    mlp: NeRFMLP,
-    mlp_params,
-    planes: jax.Array,
-    intrinsics: jax.Array,
-    cam_to_world: jax.Array,
-    rng: jax.Array,
-    *,
-    height: int,
-    width: int,
-    near: float,
-    far: float,
-    num_samples: int,
-    num_importance: int,
-    scene_scale: float = 1.0,
-    randomized: bool = True,
-    background: jax.Array | None = None,
-    chunk_size: int | None = None,
-    pixels: jax.Array | None = None,
-    far_backdrop: bool = False,
-) -> dict[str, jax.Array]:
-    """Renders one image's tri-plane from one camera → maps [H, W, ...] (colour in [0, 1]).
-
-    `pixels` [N] (flat indices into the H×W grid) renders only those rays: maps [N, ...].
-    Batch it with `jax.vmap` over (planes, intrinsics, cam_to_world, rng[, pixels]).
-    """
-    origins, directions = geo.pixel_rays(intrinsics, cam_to_world, height, width)
-    if pixels is not None:
-        origins, directions = origins.reshape(-1, 3)[pixels], directions.reshape(-1, 3)[pixels]
-    return geo.render_rays(
-        triplane_field(mlp, mlp_params, planes, scene_scale),
-        origins,
-        directions,
-        rng,
-        near=near,
-        far=far,
-        num_samples=num_samples,
-        num_importance=num_importance,
-        randomized=randomized,
-        background=background,
-        chunk_size=chunk_size,
-        far_backdrop=far_backdrop,
-    )
+    def decode(self, quantized: jax.Array) -> jax.Array:
+        decoded = self.decoder(quantized)
+        if self.decoder_head == "feature_map" and self.depth_decoder:
+            decoded = jnp.concatenate([decoded, self.disparity_decoder(quantized)], -1)
+        return decoded

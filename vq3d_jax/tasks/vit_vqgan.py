@@ -48,10 +48,10 @@ class ViTVQGANTask:
     discriminator_names = (DISCRIMINATOR,)
     fid_images_are = "reconstructions"  # the FID protocol line names what it scored
 
-    def decoder_head_options(self, model_config) -> dict:
-        """Extra `VitVQGAN` fields of this task's decoder head."""
+    def build_autoencoder(self, model_config, **common) -> VitVQGAN:
+        """This task's autoencoder from the fields every head shares (`common`)."""
         del model_config
-        return {"decoder_head": "pixels"}
+        return VitVQGAN(**common)
 
     def __init__(self, config):
         self.config = config
@@ -63,7 +63,8 @@ class ViTVQGANTask:
             )
         dtype = jnp.dtype(m.dtype)
         self.image_size = int(config.data.image_size)
-        self.autoencoder = VitVQGAN(
+        self.autoencoder = self.build_autoencoder(
+            m,
             encoder_variant=m.encoder_variant,
             decoder_variant=m.decoder_variant,
             patch_size=m.patch_size,
@@ -77,7 +78,6 @@ class ViTVQGANTask:
             # Runs saved before these keys existed keep the behaviour they were trained with.
             zero_init_residual=m.get("zero_init_residual", False),
             rescale_codes=m.get("rescale_codes", False),
-            **self.decoder_head_options(m),
         )
         self.discriminator = ResidualDiscriminator(
             resolution=self.image_size,

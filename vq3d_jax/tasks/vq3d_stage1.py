@@ -1,7 +1,7 @@
 """VQ3D stage 1 (arXiv 2302.06833 §3): image → codes → contracted tri-plane NeRF → views.
 
-Generator: the ViT-VQGAN encoder and quantizer, a ViT decoder to tri-planes
-(`VitVQGAN(decoder_head="triplane")`) and the NeRF MLP (`models/vq3d.py`).
+Generator: the ViT-VQGAN encoder and quantizer with a tri-plane decoder head
+(`models/vq3d.py:VQ3DAutoencoder`) and the NeRF MLP (`models/triplane_nerf.py`).
 Each step renders the canonical view (L2 + main discriminator + depth loss) and
 one novel view per image, orbiting a pivot at the canonical render's median
 depth, which only the novel-view discriminator judges (VQ3D §3.3: there is no
@@ -19,20 +19,16 @@ the model's frame after the same median scale (`geometry.rebase_camera`).
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from vq3d_jax import geometry as geo
 from vq3d_jax import losses
-from vq3d_jax.models.vit_vqgan import VitVQGAN
-from vq3d_jax.models.vq3d import (
-    NeRFMLP,
-    canonical_camera,
-    lift_feature_map,
-    render_view,
-    triplane_field,
-)
+from vq3d_jax.models.triplane_nerf import NeRFMLP, render_view, triplane_field
+from vq3d_jax.models.vq3d import VQ3DAutoencoder, canonical_camera, lift_feature_map
 from vq3d_jax.tasks.common import (
     DISCRIMINATOR,
     image_grid,
@@ -94,17 +90,18 @@ class VQ3DStage1Task(ViTVQGANTask):
     # The novel-view D has the main D's architecture and its own parameters.
     discriminator_names = (DISCRIMINATOR, NOVEL_DISCRIMINATOR)
 
-    def decoder_head_options(self, model_config) -> dict:
+    def build_autoencoder(self, model_config, **common) -> VQ3DAutoencoder:
         lift = model_config.get("plane_lift", "tokens")  # runs saved before the key: tokens
         if lift not in PLANE_LIFTS:
             raise ValueError(f"model.plane_lift={lift!r}: one of {tuple(PLANE_LIFTS)}.")
-        return {
-            "decoder_head": PLANE_LIFTS[lift],
-            "plane_resolution": model_config.plane_resolution,
-            "plane_channels": model_config.plane_channels,
+        return VQ3DAutoencoder(
+            decoder_head=PLANE_LIFTS[lift],
+            plane_resolution=model_config.plane_resolution,
+            plane_channels=model_config.plane_channels,
             # Runs saved before model.depth_decoder existed shared one decoder trunk.
-            "depth_decoder": model_config.get("depth_decoder", False),
-        }
+            depth_decoder=model_config.get("depth_decoder", False),
+            **common,
+        )
 
     def __init__(self, config):
         super().__init__(config)
@@ -121,6 +118,12 @@ class VQ3DStage1Task(ViTVQGANTask):
             dtype=jnp.dtype(m.dtype),
         )
         self.render_size = int(r.resolution)
+        self.render_options = geo.RenderOptions(
+            near=r.near, far=r.far, num_samples=r.num_samples, num_importance=r.num_importance,
+            chunk_size=r.chunk_size or None,
+            # Runs saved before render.far_backdrop existed ended rays at a finite depth.
+            far_backdrop=r.get("far_backdrop", False),
+        )
         # Runs saved before render.train_rays existed rendered every ray.
         self.train_rays = int(r.get("train_rays", 0))
         if self.train_rays >= self.render_size**2:
@@ -188,15 +191,13 @@ class VQ3DStage1Task(ViTVQGANTask):
         if intrinsics is None:
             intrinsics = jnp.broadcast_to(self.intrinsics, (batch, 3, 3))
 
+        options = dataclasses.replace(self.render_options, randomized=randomized)
+
         def one(p, k, c2w, key, pix):
             return render_view(
-                self.mlp, mlp_params, p, k, c2w, key,
-                height=self.render_size, width=self.render_size, near=r.near, far=r.far,
-                num_samples=r.num_samples, num_importance=r.num_importance,
-                scene_scale=r.scene_scale, randomized=randomized,
-                chunk_size=r.chunk_size or None, pixels=pix,
-                # Runs saved before render.far_backdrop existed ended rays at a finite depth.
-                far_backdrop=r.get("far_backdrop", False),
+                self.mlp, mlp_params, p, k, c2w, key, options,
+                height=self.render_size, width=self.render_size, scene_scale=r.scene_scale,
+                pixels=pix,
             )
 
         # pixels=None is an empty pytree: vmap passes it through.
@@ -465,7 +466,7 @@ class VQ3DStage1Task(ViTVQGANTask):
     def pictures_from_codes(self, g_params, codes):
         """Code indices [B, L] → the scenes they decode to: image, depth, orbit (uint8)."""
         decoded = self.autoencoder.apply({"params": self.autoencoder_params(g_params)}, codes,
-                                         method=VitVQGAN.decode_codes)
+                                         method=VQ3DAutoencoder.decode_codes)
         return self.picture_planes(g_params, self._lift(decoded)[0])
 
     def picture_planes(self, g_params, planes):

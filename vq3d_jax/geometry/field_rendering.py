@@ -21,14 +21,15 @@ empty there ends on nothing (black).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
 from vq3d_jax.geometry.cameras import normalize_directions
-from vq3d_jax.geometry.rendering import volume_render
-from vq3d_jax.geometry.sampling import (
+from vq3d_jax.geometry.compositing import volume_render
+from vq3d_jax.geometry.ray_sampling import (
     edges_from_samples,
     merge_samples,
     sample_pdf,
@@ -43,19 +44,39 @@ Field = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
 FAR_BACKDROP_T = 1e12
 
 
+@dataclasses.dataclass(frozen=True)
+class RenderOptions:
+    """How rays are sampled and composited; static (hashable): part of the compiled program.
+
+    `near`/`far`: the z-depth range (far may be ∞); `num_samples` stratified in disparity,
+    then `num_importance` more from their weights; `randomized` jitters both (training);
+    `chunk_size` rays per `lax.map` chunk (None = all at once); `far_backdrop` (far = ∞
+    only): the opaque sample at infinity described above.
+    """
+
+    near: float
+    far: float
+    num_samples: int
+    num_importance: int = 0
+    randomized: bool = True
+    chunk_size: int | None = None
+    far_backdrop: bool = False
+
+
 def _append(values, end):
     """values [..., K] → [..., K + 1] with `end` last."""
     return jnp.concatenate([values, jnp.full(values.shape[:-1] + (1,), end, values.dtype)], -1)
 
 
-def _render_chunk(field_fn: Field, origins, directions, rng, *, near, far, num_samples,
-                  num_importance, randomized, background, far_backdrop):
+def _render_chunk(field_fn: Field, origins, directions, rng, opts: RenderOptions, background):
+    near, far, randomized = opts.near, opts.far, opts.randomized
+    num_importance = opts.num_importance
     coarse_rng, fine_rng = jax.random.split(rng)
     n = origins.shape[0]
     # Directions have camera-frame z = 1 (t is z-depth); σ is per metric distance.
     _, ray_length = normalize_directions(directions)
 
-    backdrop = far_backdrop and far == float("inf")
+    backdrop = opts.far_backdrop and far == float("inf")
 
     def evaluate(t, edges):
         points = origins[:, None, :] + t[..., None] * directions[:, None, :]
@@ -66,7 +87,8 @@ def _render_chunk(field_fn: Field, origins, directions, rng, *, near, far, num_s
                             t_samples=t, delta_scale=ray_length)
         return out, t
 
-    t, edges = stratified_disparity_samples(coarse_rng, near, far, num_samples, (n,), randomized)
+    t, edges = stratified_disparity_samples(coarse_rng, near, far, opts.num_samples, (n,),
+                                            randomized)
     if backdrop:
         # The last bin, disparities (0, s), is split at half its sample's disparity: the
         # finite samples tile [near, 2·t_last], the backdrop covers the rest to infinity.
@@ -97,30 +119,23 @@ def render_rays(
     origins: jax.Array,
     directions: jax.Array,
     rng: jax.Array,
-    *,
-    near: float,
-    far: float,
-    num_samples: int,
-    num_importance: int = 0,
-    randomized: bool = True,
+    options: RenderOptions,
     background: jax.Array | None = None,
-    chunk_size: int | None = None,
-    far_backdrop: bool = False,
 ) -> dict[str, jax.Array]:
     """Renders rays [..., 3] (directions with camera z = 1) through `field_fn`.
 
     Returns `volume_render`'s outputs with the ray shape [...] leading, plus `t`
     (all sample depths) and `sample_disparity` [..., S_total]. With
-    `chunk_size`, rays go through `lax.map` in chunks (padded to a multiple).
+    `options.chunk_size`, rays go through `lax.map` in chunks (padded to a multiple).
+    `background` [C] is seen through what transmittance is left (None: black).
     """
     ray_shape = origins.shape[:-1]
     o = origins.reshape(-1, 3).astype(jnp.float32)
     d = directions.reshape(-1, 3).astype(jnp.float32)
-    kwargs = dict(near=near, far=far, num_samples=num_samples, num_importance=num_importance,
-                  randomized=randomized, background=background, far_backdrop=far_backdrop)
+    chunk_size = options.chunk_size
     n = o.shape[0]
     if not chunk_size or chunk_size >= n:
-        out = _render_chunk(field_fn, o, d, rng, **kwargs)
+        out = _render_chunk(field_fn, o, d, rng, options, background)
     else:
         num_chunks = -(-n // chunk_size)
         pad = num_chunks * chunk_size - n
@@ -129,7 +144,8 @@ def render_rays(
         d_chunks = jnp.concatenate([d, jnp.repeat(d[-1:], pad, 0)]).reshape(num_chunks, -1, 3)
         keys = jax.random.split(rng, num_chunks)
         out = jax.lax.map(
-            lambda args: _render_chunk(field_fn, *args, **kwargs), (o_chunks, d_chunks, keys)
+            lambda args: _render_chunk(field_fn, *args, options, background),
+            (o_chunks, d_chunks, keys)
         )
         out = jax.tree.map(lambda x: x.reshape((num_chunks * chunk_size,) + x.shape[2:])[:n], out)
     return jax.tree.map(lambda x: x.reshape(ray_shape + x.shape[1:]), out)

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from vq3d_jax.geometry.precision import at_least_float32
+
 _BIG_DELTA = 1e10  # stands in for an infinite interval: σ δ stays finite, exp(-σ δ) = 0
 _TINY = 1e-10
-
-
-def _f32(x) -> jnp.ndarray:
-    x = jnp.asarray(x)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def interval_midpoints(t_edges) -> jnp.ndarray:
@@ -26,7 +23,7 @@ def interval_midpoints(t_edges) -> jnp.ndarray:
     The midpoint; an interval reaching inf uses 2 t_i instead, its disparity midpoint
     (where ``stratified_disparity_samples(randomized=False)`` puts it).
     """
-    t_edges = _f32(t_edges)
+    t_edges = at_least_float32(t_edges)
     lo, hi = t_edges[..., :-1], t_edges[..., 1:]
     finite = jnp.isfinite(hi)
     # The inner where keeps inf out of the unused branch (and out of its gradient).
@@ -62,12 +59,12 @@ def volume_render(
       (expected depth, the background contributes nothing); ``depth_normalized`` depth /
       opacity; ``disparity`` [...] Σ w_i / t_i (the background at infinity adds 0).
     """
-    sigma = jnp.maximum(_f32(densities), 0.0)
-    feats = _f32(features)
-    t_edges = _f32(t_edges)
+    sigma = jnp.maximum(at_least_float32(densities), 0.0)
+    feats = at_least_float32(features)
+    t_edges = at_least_float32(t_edges)
     delta = jnp.minimum(t_edges[..., 1:] - t_edges[..., :-1], _BIG_DELTA)  # inf - x = inf
     if delta_scale is not None:
-        delta = delta * _f32(delta_scale)[..., None]
+        delta = delta * at_least_float32(delta_scale)[..., None]
     optical = sigma * delta  # σ_i δ_i
     # Exclusive cumulative sum: T_i uses the intervals strictly before i.
     accum = jnp.cumsum(optical, -1)
@@ -78,8 +75,8 @@ def volume_render(
 
     color = jnp.sum(weights[..., None] * feats, -2)
     if background is not None:
-        color = color + final_transmittance[..., None] * _f32(background)
-    t_mid = interval_midpoints(t_edges) if t_samples is None else _f32(t_samples)
+        color = color + final_transmittance[..., None] * at_least_float32(background)
+    t_mid = interval_midpoints(t_edges) if t_samples is None else at_least_float32(t_samples)
     opacity = jnp.sum(weights, -1)
     depth = jnp.sum(weights * t_mid, -1)
     return {

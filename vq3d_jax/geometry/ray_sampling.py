@@ -13,13 +13,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from vq3d_jax.geometry.precision import at_least_float32
+
 # Largest float32 below 1: caps jittered fractions so a sample never reaches an inf edge.
 _ONE_MINUS = 1.0 - 2.0**-24
-
-
-def _f32(x) -> jnp.ndarray:
-    x = jnp.asarray(x)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def _reciprocal(x) -> jnp.ndarray:
@@ -40,7 +37,7 @@ def stratified_disparity_samples(
     Returns ``(t, t_edges)``: t [*batch, S] ascending and finite; t_edges [*batch, S + 1]
     ascending, t_edges[..., 0] = near, t_edges[..., -1] = far (inf when far is inf).
     """
-    near, far = _f32(near), _f32(far)
+    near, far = at_least_float32(near), at_least_float32(far)
     batch_shape = tuple(jnp.broadcast_shapes(tuple(batch_shape), near.shape, far.shape))
     s_near = jnp.broadcast_to(1.0 / near, batch_shape)[..., None]
     s_far = jnp.broadcast_to(1.0 / far, batch_shape)[..., None]  # 0 for far = inf
@@ -84,7 +81,7 @@ def sample_pdf(
     result is sorted ascending and its empirical CDF is within 1/N of the exact one.
     Returns t [..., N], finite, under ``stop_gradient`` (no gradient through resampling).
     """
-    edges, weights = _f32(bin_edges), _f32(weights)
+    edges, weights = at_least_float32(bin_edges), at_least_float32(weights)
     edges, weights = jax.lax.stop_gradient(edges), jax.lax.stop_gradient(weights)
     if space == "disparity":
         coords, back = 1.0 / edges, _reciprocal
@@ -126,7 +123,7 @@ def sample_pdf(
 
 def merge_samples(t_a, t_b) -> jnp.ndarray:
     """Sorted union [..., Sa + Sb] of two sample sets (NeRF §5.2: coarse ∪ fine)."""
-    t_a, t_b = _f32(t_a), _f32(t_b)
+    t_a, t_b = at_least_float32(t_a), at_least_float32(t_b)
     batch = jnp.broadcast_shapes(t_a.shape[:-1], t_b.shape[:-1])
     t_a = jnp.broadcast_to(t_a, batch + t_a.shape[-1:])
     t_b = jnp.broadcast_to(t_b, batch + t_b.shape[-1:])
@@ -139,9 +136,9 @@ def edges_from_samples(t, near, far) -> jnp.ndarray:
     Inner edges are midpoints of neighbouring samples; the outer edges are ``near`` and
     ``far`` (which may be inf), so the intervals tile [near, far] as the samples do.
     """
-    t = _f32(t)
+    t = at_least_float32(t)
     batch = t.shape[:-1]
     mids = 0.5 * (t[..., 1:] + t[..., :-1])
-    lo = jnp.broadcast_to(_f32(near), batch)[..., None]
-    hi = jnp.broadcast_to(_f32(far), batch)[..., None]
+    lo = jnp.broadcast_to(at_least_float32(near), batch)[..., None]
+    hi = jnp.broadcast_to(at_least_float32(far), batch)[..., None]
     return jnp.concatenate([lo, mids, hi], -1)
