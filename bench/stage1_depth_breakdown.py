@@ -31,8 +31,12 @@ from absl import app, flags  # noqa: E402
 
 from vq3d_jax.datasets import pipeline  # noqa: E402
 from vq3d_jax.tasks import get_task  # noqa: E402
-from vq3d_jax.tasks.common import GENERATOR, images_to_float  # noqa: E402
-from vq3d_jax.tasks.vq3d_stage1 import NERF, resize_maps  # noqa: E402
+from vq3d_jax.tasks.common import (  # noqa: E402
+    GENERATOR,
+    images_to_float,
+    resize_maps,  # noqa: E402
+)
+from vq3d_jax.tasks.vq3d_stage1 import NERF  # noqa: E402
 from vq3d_jax.train import loop  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A VQ3D stage-1 run.", required=True)

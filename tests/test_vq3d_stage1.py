@@ -8,8 +8,10 @@ from conftest import NERF_TINY_OVERRIDES
 from configs import vq3d_stage1
 from vq3d_jax import geometry as geo
 from vq3d_jax import losses
+from vq3d_jax.geometry import disparity_from_depth
 from vq3d_jax.tasks import get_task
-from vq3d_jax.tasks.vq3d_stage1 import VQ3DStage1Task, disparity_from_depth, take_pixels
+from vq3d_jax.tasks.common import take_pixels
+from vq3d_jax.tasks.vq3d_stage1 import VQ3DStage1Task
 
 
 def _config(**extra):

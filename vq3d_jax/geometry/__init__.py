@@ -6,6 +6,7 @@ Conventions: ``cameras`` module docstring.
 
 from vq3d_jax.geometry.cameras import (
     WORLD_UP,
+    disparity_from_depth,
     intrinsics_from_fov,
     look_at,
     normalize_directions,
@@ -46,6 +47,7 @@ __all__ = [
     "bilinear_sample",
     "contract",
     "contract_to_unit",
+    "disparity_from_depth",
     "edges_from_samples",
     "interval_midpoints",
     "intrinsics_from_fov",

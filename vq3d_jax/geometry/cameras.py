@@ -156,6 +156,13 @@ def normalize_directions(directions, eps: float = 1e-12):
     return directions / norm[..., None], norm
 
 
+def disparity_from_depth(depth) -> jnp.ndarray:
+    """z-depth (+inf = sky) → disparity (0 = sky); non-positive depth also maps to 0."""
+    depth = at_least_float32(depth)
+    ok = jnp.isfinite(depth) & (depth > 0)
+    return jnp.where(ok, 1.0 / jnp.where(ok, depth, 1.0), 0.0)
+
+
 def world_to_camera(points, cam_to_world) -> jnp.ndarray:
     """X_cam = R^T (X - c) for world points [..., 3] (camera dims broadcast with points')."""
     c2w = at_least_float32(cam_to_world)

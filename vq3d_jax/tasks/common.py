@@ -1,5 +1,5 @@
 """What every task shares: network names in the parameter tree, image conversions,
-optimizers and their learning-rate schedules, and picture grids."""
+optimizers and their learning-rate schedules, picture grids and per-pixel map helpers."""
 
 from __future__ import annotations
 
@@ -55,3 +55,24 @@ def image_grid(rows: list[jax.Array]) -> jax.Array:
     stacked = jnp.stack(rows)  # [R, N, H, W, C]
     r, n, h, w, c = stacked.shape
     return stacked.transpose(0, 2, 1, 3, 4).reshape(r * h, n * w, c)
+
+
+def orbit_strip(orbit: jax.Array) -> jax.Array:
+    """Orbits [N, T, S, S, C] → one video [T, S, N·S, C] of the N side by side."""
+    n, t, h, w, c = orbit.shape
+    return orbit.transpose(1, 2, 0, 3, 4).reshape(t, h, n * w, c)
+
+
+def take_pixels(maps: jax.Array, pixels: jax.Array) -> jax.Array:
+    """Maps [B, H, W, ...] at flat pixel indices [B, N] → [B, N, ...]."""
+    flat = maps.reshape((maps.shape[0], -1) + maps.shape[3:])
+    index = pixels.reshape(pixels.shape + (1,) * (flat.ndim - 2))
+    return jnp.take_along_axis(flat, index, axis=1)
+
+
+def resize_maps(maps: jax.Array, size: int) -> jax.Array:
+    """[B, H, W, ...] → [B, size, size, ...]: bilinear, area-averaging when shrinking."""
+    if maps.shape[1] == size and maps.shape[2] == size:
+        return maps
+    shape = (maps.shape[0], size, size) + maps.shape[3:]
+    return jax.image.resize(maps, shape, "linear", antialias=True)

@@ -7,14 +7,12 @@ one novel view per image, orbiting a pivot at the canonical render's median
 depth, which only the novel-view discriminator judges (VQ3D §3.3: there is no
 ground truth for it). Both discriminators see the real images as reals.
 
-Depth (VQ3D §3.2): the pseudo-GT disparity (dataset depth on the synthetic
-scenes, a monocular estimate on ImageNet) is area-resized to the render
-resolution, aligned to the rendered disparity per image, and compared per
-sample ("weighted pointwise") and after integration.
+Depth (VQ3D §3.2): tasks/depth_supervision.py.
 
 Eval reports reconstruction PSNR, depth AbsRel against the dataset depth
 (median-scaled) and PSNR at the dataset's held-out novel cameras, rendered in
-the model's frame after the same median scale (`geometry.rebase_camera`).
+the model's frame after the same median scale (`geometry.rebase_camera`), beside
+the model-free references of metrics/novel_views.py.
 """
 
 from __future__ import annotations
@@ -27,26 +25,28 @@ import numpy as np
 
 from vq3d_jax import geometry as geo
 from vq3d_jax import losses
+from vq3d_jax.metrics import novel_views
 from vq3d_jax.models.triplane_nerf import NeRFMLP, render_view, triplane_field
 from vq3d_jax.models.vq3d import VQ3DAutoencoder, canonical_camera, lift_feature_map
+from vq3d_jax.tasks import gan
 from vq3d_jax.tasks.common import (
     DISCRIMINATOR,
     image_grid,
     images_to_float,
     images_to_uint8,
+    orbit_strip,
+    resize_maps,
+    take_pixels,
 )
+from vq3d_jax.tasks.depth_supervision import DepthSupervision
 from vq3d_jax.tasks.vit_vqgan import ViTVQGANTask
 from vq3d_jax.visualize import colorize_depth
 
 NOVEL_DISCRIMINATOR = "novel_discriminator"
 NERF = "nerf"
-DEPTH_ALIGNMENTS = ("scale_shift", "none")
-DEPTH_SPACES = ("disparity", "log_disparity")
 # model.plane_lift → the autoencoder's decoder head: per-pixel features and depth splatted
 # into the planes, or per-token plane patches.
 PLANE_LIFTS = {"splat": "feature_map", "tokens": "triplane"}
-# Held-out views this far off in yaw count towards eval/novel_psnr_yaw20.
-_LARGE_YAW = np.deg2rad(15.0)
 
 
 def make_task(config):
@@ -54,34 +54,6 @@ def make_task(config):
     if config.model.decoder == "vit2d":
         return ViTVQGANTask(config)
     return VQ3DStage1Task(config)
-
-
-def disparity_from_depth(depth: jax.Array) -> jax.Array:
-    """z-depth (+inf = sky) → disparity (0 = sky); non-positive depth also maps to 0."""
-    depth = depth.astype(jnp.float32)
-    ok = jnp.isfinite(depth) & (depth > 0)
-    return jnp.where(ok, 1.0 / jnp.where(ok, depth, 1.0), 0.0)
-
-
-def orbit_strip(orbit: jax.Array) -> jax.Array:
-    """Orbits [N, T, S, S, C] → one video [T, S, N·S, C] of the N side by side."""
-    n, t, h, w, c = orbit.shape
-    return orbit.transpose(1, 2, 0, 3, 4).reshape(t, h, n * w, c)
-
-
-def take_pixels(maps: jax.Array, pixels: jax.Array) -> jax.Array:
-    """Maps [B, H, W, ...] at flat pixel indices [B, N] → [B, N, ...]."""
-    flat = maps.reshape((maps.shape[0], -1) + maps.shape[3:])
-    index = pixels.reshape(pixels.shape + (1,) * (flat.ndim - 2))
-    return jnp.take_along_axis(flat, index, axis=1)
-
-
-def resize_maps(maps: jax.Array, size: int) -> jax.Array:
-    """[B, H, W, ...] → [B, size, size, ...]: bilinear, area-averaging when shrinking."""
-    if maps.shape[1] == size and maps.shape[2] == size:
-        return maps
-    shape = (maps.shape[0], size, size) + maps.shape[3:]
-    return jax.image.resize(maps, shape, "linear", antialias=True)
 
 
 class VQ3DStage1Task(ViTVQGANTask):
@@ -106,11 +78,6 @@ class VQ3DStage1Task(ViTVQGANTask):
     def __init__(self, config):
         super().__init__(config)
         m, r = config.model, config.render
-        if config.loss.depth_alignment not in DEPTH_ALIGNMENTS:
-            raise ValueError(
-                f"loss.depth_alignment={config.loss.depth_alignment!r}: one of "
-                f"{DEPTH_ALIGNMENTS}."
-            )
         self.mlp = NeRFMLP(
             hidden=m.nerf_hidden,
             num_layers=m.nerf_layers,
@@ -118,6 +85,7 @@ class VQ3DStage1Task(ViTVQGANTask):
             dtype=jnp.dtype(m.dtype),
         )
         self.render_size = int(r.resolution)
+        self.depth = DepthSupervision(config.loss, self.render_size, r.camera_distance)
         self.render_options = geo.RenderOptions(
             near=r.near, far=r.far, num_samples=r.num_samples, num_importance=r.num_importance,
             chunk_size=r.chunk_size or None,
@@ -239,12 +207,12 @@ class VQ3DStage1Task(ViTVQGANTask):
             maps = self.render(g_params[NERF], planes, self._canonical(b), canonical_rng,
                                randomized=True)
             recon = self.to_image(maps["color"])
-            pseudo = None if depth is None else self._pseudo_disparity(depth)
+            pseudo = None if depth is None else self.depth.pseudo_disparity(depth)
             perceptual = (jnp.zeros((), jnp.float32) if self.perceptual is None
                           else self.perceptual(recon, images))
             return recon, maps["disparity"], (losses.l2_loss(recon, images),
                                               jnp.mean(losses.psnr(recon, images, max_val=2.0)),
-                                              self._depth_losses(maps, pseudo), perceptual)
+                                              self.depth.ray_losses(maps, pseudo), perceptual)
 
         def ray_subset():
             # L2 and depth on `render.train_rays` random rays per image; no picture for a
@@ -256,15 +224,15 @@ class VQ3DStage1Task(ViTVQGANTask):
             target = take_pixels(resize_maps(images, self.render_size), pixels)
             color = maps["color"] * 2.0 - 1.0
             pseudo = None if depth is None else take_pixels(
-                self._pseudo_disparity(depth), pixels)
+                self.depth.pseudo_disparity(depth), pixels)
             no_picture = jnp.zeros((b, self.render_size, self.render_size), jnp.float32)
             return jnp.zeros_like(images), no_picture, (
                 losses.l2_loss(color, target), jnp.mean(losses.psnr(color, target, max_val=2.0)),
-                self._depth_losses(maps, pseudo), jnp.zeros((), jnp.float32))
+                self.depth.ray_losses(maps, pseudo), jnp.zeros((), jnp.float32))
 
         if self.train_rays:  # all rays once a discriminator needs the picture
-            recon, disparity, (l2, train_psnr, depth_terms, perceptual) = jax.lax.cond(
-                gan_on > 0, full_view, ray_subset)
+            recon, disparity, (l2, train_psnr, depth_terms, perceptual) = gan.run_when(
+                gan_on, full_view, ray_subset)
         else:
             recon, disparity, (l2, train_psnr, depth_terms, perceptual) = full_view()
 
@@ -281,7 +249,7 @@ class VQ3DStage1Task(ViTVQGANTask):
 
         # Only the novel-view D judges this render: before the GANs start it is not drawn
         # (a third of a tiny step's time).
-        novel = jax.lax.cond(gan_on > 0, novel_view, lambda: jnp.zeros_like(recon))
+        novel = gan.run_when(gan_on, novel_view, lambda: jnp.zeros_like(recon))
 
         main_d, novel_d = self.discriminators
         g_adv = main_d.generator_loss(d_params[DISCRIMINATOR], recon, gan_on)
@@ -301,7 +269,7 @@ class VQ3DStage1Task(ViTVQGANTask):
             terms["loss/depth_pointwise"] = depth_terms["weighted_pointwise"]
             terms["loss/depth_integrated"] = depth_terms["integrated"]
             if "lifted_disparity" in aux:
-                lifted = self._lifted_depth_loss(aux["lifted_disparity"], depth)
+                lifted = self.depth.lifted_loss(aux["lifted_disparity"], depth)
                 total = total + cfg.depth_lifted * lifted
                 terms["loss/depth_lifted"] = lifted
         total = total + self._perceptual_term(None if self.perceptual is None else perceptual,
@@ -316,48 +284,6 @@ class VQ3DStage1Task(ViTVQGANTask):
             return jax.random.choice(key, count, (self.train_rays,), replace=False)
 
         return jax.vmap(one)(jax.random.split(rng, batch_size))
-
-    def _pseudo_disparity(self, depth) -> jax.Array:
-        """Pseudo-GT depth [B, H, W] → disparity at the render's r² (area-averaged), [B, r²]."""
-        return resize_maps(disparity_from_depth(depth), self.render_size).reshape(
-            depth.shape[0], -1)
-
-    def _depth_losses(self, rendered: dict, pseudo) -> dict | None:
-        """VQ3D's depth terms of rendered rays [B, ...] against pseudo disparity [B, N]."""
-        if pseudo is None:
-            return None
-        b, num_samples = pseudo.shape[0], rendered["weights"].shape[-1]
-        terms = losses.depth_losses(
-            weights=rendered["weights"].reshape(b, -1, num_samples),
-            sample_disparity=rendered["sample_disparity"].reshape(b, -1, num_samples),
-            rendered_disparity=rendered["disparity"].reshape(b, -1),
-            pseudo_disparity=pseudo,
-            align=self.config.loss.depth_alignment == "scale_shift",
-            log_floor=self._log_floor(),
-        )
-        return {k: terms[k] for k in ("weighted_pointwise", "integrated")}
-
-    def _log_floor(self) -> float | None:
-        """`loss.depth_space='log_disparity'`: disparities below that of 8 camera distances
-        (beyond the scene, where the last renderer sample of a sky ray sits) count alike."""
-        space = self.config.loss.get("depth_space", "disparity")
-        if space not in DEPTH_SPACES:
-            raise ValueError(f"loss.depth_space={space!r}: one of {DEPTH_SPACES}.")
-        if space == "disparity":
-            return None
-        return 1.0 / (8.0 * self.config.render.camera_distance)
-
-    def _lifted_depth_loss(self, disparity, depth):
-        """L1 between the decoder's own disparity map [B, R, R] and the pseudo-GT disparity
-        (resized to it, aligned as for the rendered depth): it teaches the splat where to
-        put things directly, as a 2D depth head learns, instead of only through renders."""
-        b, size = disparity.shape[0], disparity.shape[1]
-        pseudo = resize_maps(disparity_from_depth(depth), size).reshape(b, -1)
-        target = losses.disparity_target(
-            pseudo, disparity.reshape(b, -1),
-            align=self.config.loss.depth_alignment == "scale_shift")
-        return jnp.mean(losses.disparity_error(disparity.reshape(b, -1), target,
-                                               self._log_floor()))
 
     # -- evaluation and pictures -------------------------------------------------------
     def _canonical_view(self, g_params, planes):
@@ -419,42 +345,18 @@ class VQ3DStage1Task(ViTVQGANTask):
 
         rendered = jax.vmap(view, in_axes=1, out_axes=1)(cameras, intrinsics)  # [B, K, ...]
         truth = images_to_float(batch["novel_image"])
-        b, k = truth.shape[:2]
-        per_view = losses.psnr(
-            rendered.reshape((b * k,) + rendered.shape[2:]),
-            truth.reshape((b * k,) + truth.shape[2:]),
-            max_val=2.0,
-        ).reshape(b, k)
-        large = (jnp.abs(batch["novel_yaw_pitch"][..., 0]) > _LARGE_YAW).astype(jnp.float32)
-
-        def summary(name, psnr):  # over all held-out views, and over the ±20° yaw ones
-            return {name: jnp.mean(psnr, axis=1),
-                    f"{name}_yaw20": jnp.sum(psnr * large, 1) / jnp.maximum(jnp.sum(large, 1), 1)}
-
-        copy, warp = self._novel_view_references(batch, truth)
-        return {**summary("novel_psnr", per_view), **summary("novel_psnr_copy", copy),
-                **summary("novel_psnr_warp", warp)}
-
-    def _novel_view_references(self, batch, truth):
-        """PSNR [B, K] of two model-free answers for each held-out view, to place the
-        model's between: the input image itself (the floor: no 3D at all) and the input
-        backward-warped into the view with the view's *true* depth (`geo.backward_warp`;
-        what a perfect geometry with no inpainting would show, occluded pixels included).
-        """
-        images = images_to_float(batch["image"])
-        b, k = truth.shape[:2]
-        flat = lambda x: x.reshape((b * k,) + x.shape[2:])  # noqa: E731
-        copy = losses.psnr(flat(jnp.broadcast_to(images[:, None], truth.shape)), flat(truth))
-
-        def warp(image, intrinsics, c2w, depth, novel_k, novel_c2w):
-            return geo.backward_warp(image, intrinsics, c2w, depth, novel_k, novel_c2w)[0]
-
-        per_view = jax.vmap(warp, in_axes=(None, None, None, 0, 0, 0))
-        warped = jax.vmap(per_view)(
-            images, batch["intrinsics"], batch["cam_to_world"], batch["novel_depth"],
-            batch["novel_intrinsics"], batch["novel_cam_to_world"],
-        )
-        return copy.reshape(b, k), losses.psnr(flat(warped), flat(truth)).reshape(b, k)
+        copy, warp = novel_views.reference_views(
+            images_to_float(batch["image"]), batch["intrinsics"], batch["cam_to_world"],
+            batch["novel_depth"], batch["novel_intrinsics"], batch["novel_cam_to_world"])
+        yaw_pitch = batch["novel_yaw_pitch"]
+        return {
+            **novel_views.summaries("novel_psnr", novel_views.per_view_psnr(rendered, truth),
+                                    yaw_pitch),
+            **novel_views.summaries("novel_psnr_copy", novel_views.per_view_psnr(copy, truth),
+                                    yaw_pitch),
+            **novel_views.summaries("novel_psnr_warp", novel_views.per_view_psnr(warp, truth),
+                                    yaw_pitch),
+        }
 
     def render_outputs(self, state, batch):
         """Per image: reconstruction, colour-mapped depth, and an orbit [T] (uint8)."""
@@ -510,7 +412,7 @@ class VQ3DStage1Task(ViTVQGANTask):
         orbit = out["orbit"]  # [N, T, S, S, 3]
         depth_rows = [out["depth"]]
         if "depth" in small:
-            depth_rows.insert(0, colorize_depth(disparity_from_depth(small["depth"])))
+            depth_rows.insert(0, colorize_depth(geo.disparity_from_depth(small["depth"])))
         # Outer orbit frames (±orbit_yaw_deg) as the still picture's novel views.
         quarter = orbit.shape[1] // 4
         rows = [small["image"], out["reconstruction"], orbit[:, quarter], orbit[:, 3 * quarter]]
