@@ -63,20 +63,26 @@ def unpatchify(tokens: jax.Array, p: int, h: int, w: int, c: int) -> jax.Array:
     return x.reshape(b, h, w, c)
 
 
-class Encoder(nn.Module):
+class ViTStack(nn.Module):
+    """The settings every ViT encoder and decoder head of the autoencoders shares:
+    its size (`variant`, `decode_variant`), dtypes and the `Transformer` options."""
+
+    variant: str = "S"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    remat: bool = False
+    attention_impl: str | None = None
+    zero_init_residual: bool = False
+
+
+class Encoder(ViTStack):
     """Images in [−1, 1] [B, H, W, C] → tokens [B, (H/p)(W/p), width].
 
     The patch embedding is a Dense on flattened p×p×C patches, which is exactly
     ViT-VQGAN's stride-p, kernel-p convolution; its kernel is ('patch', 'embed').
     """
 
-    variant: str
     patch_size: int = 8
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    remat: bool = False
-    attention_impl: str | None = None
-    zero_init_residual: bool = False
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
@@ -92,31 +98,22 @@ class Encoder(nn.Module):
             bias_init=partitioned(nn.initializers.zeros, ("embed",)),
             name="patch_embed",
         )(x)
-        x = x + sincos_2d_position_embedding(h // p, w // p, cfg["width"]).astype(self.dtype)
-        x = nn.with_logical_constraint(x, ACT_EMBED)
-        return Transformer(
-            depth=cfg["depth"], width=cfg["width"], num_heads=cfg["heads"],
-            mlp_dim=cfg["mlp_dim"], dtype=self.dtype, param_dtype=self.param_dtype,
-            remat=self.remat, attention_impl=self.attention_impl,
-            zero_init_residual=self.zero_init_residual, name="transformer",
-        )(x)
+        return vit_trunk(self, x, h // p, w // p)
 
 
-def decoder_trunk(decoder: nn.Module, tokens: jax.Array, grid: int) -> jax.Array:
-    """+ sin-cos positions → ViT, inside a decoder's compact ``__call__``.
-
-    Shared by every head that decodes the quantized token grid (2D pixels here,
-    tri-planes in VQ3D); the ViT becomes the calling decoder's "transformer".
+def vit_trunk(stack: ViTStack, x: jax.Array, rows: int, cols: int) -> jax.Array:
+    """Tokens [B, rows·cols, width] + sin-cos positions → the stack's ViT, named
+    "transformer"; called inside a `ViTStack`'s compact ``__call__`` (the encoder, and
+    every head that decodes the quantized token grid: 2D pixels here, tri-planes in VQ3D).
     """
-    cfg = decode_variant(decoder.variant)
-    x = tokens.astype(decoder.dtype)
-    x = x + sincos_2d_position_embedding(grid, grid, cfg["width"]).astype(decoder.dtype)
+    cfg = decode_variant(stack.variant)
+    x = x + sincos_2d_position_embedding(rows, cols, cfg["width"]).astype(stack.dtype)
     x = nn.with_logical_constraint(x, ACT_EMBED)
     return Transformer(
         depth=cfg["depth"], width=cfg["width"], num_heads=cfg["heads"],
-        mlp_dim=cfg["mlp_dim"], dtype=decoder.dtype, param_dtype=decoder.param_dtype,
-        remat=decoder.remat, attention_impl=decoder.attention_impl,
-        zero_init_residual=decoder.zero_init_residual, name="transformer",
+        mlp_dim=cfg["mlp_dim"], dtype=stack.dtype, param_dtype=stack.param_dtype,
+        remat=stack.remat, attention_impl=stack.attention_impl,
+        zero_init_residual=stack.zero_init_residual, name="transformer",
     )(x)
 
 
@@ -132,7 +129,7 @@ def token_head(decoder: nn.Module, x: jax.Array, features: int, name: str) -> ja
     )(x)
 
 
-class Decoder2D(nn.Module):
+class Decoder2D(ViTStack):
     """Tokens [B, T, width] → images [B, H, W, C] float32 (unbounded).
 
     + sin-cos positions → ViT → per-token Dense to p·p·C (kernel
@@ -140,15 +137,9 @@ class Decoder2D(nn.Module):
     decoder width (the quantizer's output projection produces it).
     """
 
-    variant: str
     patch_size: int = 8
     image_size: int = 256
     out_channels: int = 3
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    remat: bool = False
-    attention_impl: str | None = None
-    zero_init_residual: bool = False
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
@@ -157,8 +148,8 @@ class Decoder2D(nn.Module):
         if tokens.shape[1] != grid * grid:
             raise ValueError(f"expected {grid * grid} tokens for {s}² / patch {p}, "
                              f"got {tokens.shape[1]}")
-        x = token_head(self, decoder_trunk(self, tokens, grid), p * p * self.out_channels,
-                       "to_pixels")
+        x = vit_trunk(self, tokens.astype(self.dtype), grid, grid)
+        x = token_head(self, x, p * p * self.out_channels, "to_pixels")
         return unpatchify(x.astype(jnp.float32), p, s, s, self.out_channels)
 
 
@@ -189,7 +180,8 @@ class VitVQGAN(nn.Module):
     rescale_codes: bool = True
 
     def setup(self):
-        self.encoder = Encoder(self.encoder_variant, self.patch_size, **self.vit_options())
+        self.encoder = Encoder(variant=self.encoder_variant, patch_size=self.patch_size,
+                               **self.vit_options())
         self.quantizer = FactorizedQuantizer(
             codebook_size=self.codebook_size, code_dim=self.code_dim,
             width=decode_variant(self.decoder_variant)["width"], beta=self.beta,
@@ -205,8 +197,9 @@ class VitVQGAN(nn.Module):
 
     def setup_decoder(self):
         """Called by ``setup``: the decoder head's submodules."""
-        self.decoder = Decoder2D(self.decoder_variant, self.patch_size, self.image_size,
-                                 out_channels=self.in_channels, **self.vit_options())
+        self.decoder = Decoder2D(variant=self.decoder_variant, patch_size=self.patch_size,
+                                 image_size=self.image_size, out_channels=self.in_channels,
+                                 **self.vit_options())
 
     def encode(self, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         return self.quantizer(self.encoder(images))

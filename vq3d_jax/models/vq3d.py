@@ -25,10 +25,11 @@ import numpy as np
 from vq3d_jax import geometry as geo
 from vq3d_jax.models.vit_vqgan import (
     Decoder2D,
+    ViTStack,
     VitVQGAN,
-    decoder_trunk,
     token_head,
     unpatchify,
+    vit_trunk,
 )
 
 Dtype = Any
@@ -46,7 +47,7 @@ def tokens_to_planes(x: jax.Array, q: int, channels: int) -> jax.Array:
     return jnp.stack([unpatchify(x[:, :, k], q, r, r, channels) for k in range(3)], axis=1)
 
 
-class TriplaneDecoder(nn.Module):
+class TriplaneDecoder(ViTStack):
     """Tokens [B, G·G, width] → tri-plane features [B, 3, R, R, C] float32, R = G·q.
 
     VQ3D's decoder head [choice; the paper leaves it open]: the same ViT trunk as `Decoder2D`,
@@ -54,14 +55,8 @@ class TriplaneDecoder(nn.Module):
     planes are channels-last.
     """
 
-    variant: str
     plane_resolution: int = 256
     plane_channels: int = 32
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    remat: bool = False
-    attention_impl: str | None = None
-    zero_init_residual: bool = False
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
@@ -73,7 +68,8 @@ class TriplaneDecoder(nn.Module):
                 f"resolution {r}."
             )
         q = r // grid
-        x = token_head(self, decoder_trunk(self, tokens, grid), 3 * q * q * c, "to_planes")
+        x = vit_trunk(self, tokens.astype(self.dtype), grid, grid)
+        x = token_head(self, x, 3 * q * q * c, "to_planes")
         return tokens_to_planes(x.astype(jnp.float32), q, c)
 
 
@@ -160,7 +156,7 @@ class VQ3DAutoencoder(VitVQGAN):
     def setup_decoder(self):
         if self.decoder_head == "triplane":
             self.decoder = TriplaneDecoder(
-                self.decoder_variant, plane_resolution=self.plane_resolution,
+                variant=self.decoder_variant, plane_resolution=self.plane_resolution,
                 plane_channels=self.plane_channels, **self.vit_options())
             return
         if self.decoder_head != "feature_map":
@@ -171,14 +167,16 @@ class VQ3DAutoencoder(VitVQGAN):
         if self.plane_resolution % grid:
             raise ValueError(f"plane_resolution {self.plane_resolution} is not a multiple "
                              f"of the {grid}×{grid} token grid.")
-        patch_and_size = (self.plane_resolution // grid, self.plane_resolution)
+        patch_and_size = {"patch_size": self.plane_resolution // grid,
+                          "image_size": self.plane_resolution}
         self.decoder = Decoder2D(
-            self.decoder_variant, *patch_and_size,
+            variant=self.decoder_variant, **patch_and_size,
             out_channels=3 * self.plane_channels + (0 if self.depth_decoder else 1),
             **self.vit_options())
         if self.depth_decoder:
             self.disparity_decoder = Decoder2D(
-                self.decoder_variant, *patch_and_size, out_channels=1, **self.vit_options())
+                variant=self.decoder_variant, **patch_and_size, out_channels=1,
+                **self.vit_options())
 
     def decode(self, quantized: jax.Array) -> jax.Array:
         decoded = self.decoder(quantized)
