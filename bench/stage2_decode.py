@@ -21,8 +21,8 @@ Each decode step is memory-bound. The bytes a step must move:
   step reads all L positions) and the ideal (step t reads t + 1 positions);
 - logits: rows × vocab × 4 bytes (float32, written once).
 Roofline time per step = bytes ÷ HBM bandwidth, with `--hbm_gbps` (3350 =
-H100 SXM datasheet) and the ~2900 GB/s measured on the lent H100
-(../shared/ENVIRONMENT.md). Fraction of roofline = roofline time ÷ measured.
+H100 SXM datasheet) and the ~2900 GB/s (read + write) measured on the lent H100.
+Fraction of roofline = roofline time ÷ measured.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ _HBM = flags.DEFINE_float("hbm_gbps", 3350.0, "HBM bandwidth for the roofline, G
                           "(default: H100 SXM datasheet).")
 _OUT = flags.DEFINE_string("out", "", "Also write the JSON here.")
 
-MEASURED_HBM_GBPS_H100 = 2900.0  # read+write, measured on the lent H100 (ENVIRONMENT.md)
+MEASURED_HBM_GBPS_H100 = 2900.0  # read+write, measured on the lent H100
 GATHERED_TABLES = ("token_embed", "class_embed", "position_embed")
 
 

@@ -15,8 +15,8 @@ Prints one JSON object. Model FLOPs per step = 3 × batch ×
 `ar_prior.analytic_flops_per_sequence` (PaLM App. B: forward + backward matmuls,
 attention under the causal mask, no remat recompute); MFU = model FLOPs ÷ step
 time ÷ devices ÷ `--peak_tflops` (989.4 = H100 SXM dense bf16 datasheet), and
-beside it against the 787 TFLOP/s bf16 matmul peak measured on the lent H100
-(../shared/ENVIRONMENT.md). Also: the step's jaxpr FLOPs (traced on CPU with
+beside it against the 787 TFLOP/s a large bf16 matmul reached on the lent H100.
+Also: the step's jaxpr FLOPs (traced on CPU with
 XLA attention, full L² attention matmuls, remat recompute included) and XLA's
 `cost_analysis()` (undercounts library calls on GPU). Figures are real only on
 an accelerator.
@@ -50,7 +50,7 @@ _JAXPR = flags.DEFINE_bool("jaxpr_flops", True, "Also count the step's jaxpr FLO
 _OUT = flags.DEFINE_string("out", "", "Also write the JSON here.")
 
 DEFAULT_VOCAB, DEFAULT_LENGTH = 8192, 1024  # ImageNet 256², patch 8, codebook 8192
-# Measured here: a large bf16 matmul on the lent H100 (../shared/ENVIRONMENT.md).
+# Measured on the lent H100: a large bf16 matmul.
 MEASURED_MATMUL_PEAK_H100 = 787e12
 
 
@@ -138,8 +138,8 @@ def main(argv):
         "goal": ">= 50% MFU (bf16) against peak_tflops",
         "goal_met": achieved / peak >= 0.5,
         "compared_with": "stage-1 ViT-VQGAN step on the same H100: 42% MFU at batch 64 with "
-        "cuDNN attention (bench/results/README.md); plain flax ViT-B/8 step ~23% "
-        "(../shared/ENVIRONMENT.md)",
+        "cuDNN attention (bench/results/README.md); a plain flax ViT-B/8 step measured "
+        "~23% there",
         "data": "uniform random codes and labels (the step alone, no input pipeline)",
         "final_loss": float(metrics["loss/ce"]),
     }
