@@ -38,20 +38,34 @@ def lrelu(x: jax.Array) -> jax.Array:
     return nn.leaky_relu(x, LRELU_SLOPE) * jnp.asarray(LRELU_GAIN, x.dtype)
 
 
-def blur(x: jax.Array, pad: tuple[int, int]) -> jax.Array:
-    """Filter NHWC ``x`` with the separable [1,3,3,1]/8 ⊗ [1,3,3,1]/8 kernel.
+def upfirdn2d(x: jax.Array, *, up: int = 1, down: int = 1,
+              pad: tuple[int, int] = (0, 0)) -> jax.Array:
+    """StyleGAN2's resampling of NHWC ``x`` with the separable [1,3,3,1] filter.
 
-    ``pad`` = (before, after) zero padding on both spatial axes; the output has
-    spatial size H + before + after − 3. Written as four shifted, weighted
-    slices per axis (a separable FIR filter) rather than a depthwise conv.
+    Upsample by inserting ``up − 1`` zeros after every pixel, zero-pad both spatial axes
+    by ``pad`` = (before, after), filter with [1,3,3,1]/8 ⊗ [1,3,3,1]/8 times up² (so a
+    constant keeps its value through the zeros), keep every ``down``-th pixel. Output
+    size per axis: (H·up + before + after − 3) // down, rounded up. Written as four
+    shifted, weighted slices per axis (a separable FIR filter) rather than a depthwise
+    conv. Used by the generator (up) and the discriminator (down) alike.
     """
+    if up > 1:
+        b, h, w, c = x.shape
+        grid = jnp.zeros((b, h, up, w, up, c), x.dtype).at[:, :, 0, :, 0].set(x)
+        x = grid.reshape(b, h * up, w * up, c)
     x = jnp.pad(x, ((0, 0), pad, pad, (0, 0)))
-    taps = [jnp.asarray(t, x.dtype) for t in BLUR_TAPS]
+    taps = [jnp.asarray(t * up, x.dtype) for t in BLUR_TAPS]
     n = len(taps)
     h = x.shape[1] - n + 1
     x = sum(taps[i] * x[:, i:i + h] for i in range(n))
     w = x.shape[2] - n + 1
-    return sum(taps[i] * x[:, :, i:i + w] for i in range(n))
+    x = sum(taps[i] * x[:, :, i:i + w] for i in range(n))
+    return x[:, ::down, ::down] if down > 1 else x
+
+
+def blur(x: jax.Array, pad: tuple[int, int]) -> jax.Array:
+    """Filter with [1,3,3,1]/8 ⊗ [1,3,3,1]/8 after zero padding ``pad`` (no resampling)."""
+    return upfirdn2d(x, pad=pad)
 
 
 def blur_downsample(x: jax.Array) -> jax.Array:
@@ -60,7 +74,13 @@ def blur_downsample(x: jax.Array) -> jax.Array:
     Padding (1, 1) centres the 4-tap filter on each 2×2 output cell, as in the
     StyleGAN2 resampling (upfirdn2d with down=2).
     """
-    return blur(x, (1, 1))[:, ::2, ::2]
+    return upfirdn2d(x, down=2, pad=(1, 1))
+
+
+def upsample2d(x: jax.Array) -> jax.Array:
+    """H×W → 2H×2W: zeros between pixels, then the filter (StyleGAN2's upsample2d:
+    padding (2, 1) centres each output pixel between its input neighbours)."""
+    return upfirdn2d(x, up=2, pad=(2, 1))
 
 
 def _bias_and_activation(layer: nn.Module, y: jax.Array, bias_init: float) -> jax.Array:
@@ -203,3 +223,55 @@ def minibatch_stddev(x: jax.Array, group_size: int = 4, num_features: int = 1) -
     y = jnp.tile(y, (g, 1))  # sample i gets group i mod (n/g)
     y = jnp.broadcast_to(y[:, None, None, :], (n, h, w, f)).astype(x.dtype)
     return jnp.concatenate([x, y], axis=-1)
+
+
+class ModulatedConv2d(nn.Module):
+    """StyleGAN2's weight-modulated convolution (§2.2, eqs. 1–3) of ``x`` by style ``w``.
+
+    Style s = A(w) (an equalised dense layer, bias initialised to 1); per sample the
+    kernel is w'_{ijk} = s_i·w_{ijk}, demodulated to w''_{ijk} = w'_{ijk} /
+    √(Σ_{i,k} w'_{ijk}² + ε). Computed without per-sample kernels: the input channels
+    are scaled by s, convolved with the shared (equalised-lr) kernel and the outputs
+    scaled by the demodulation coefficients, which is the same sum (StyleGAN2's
+    "non-fused" form). ``up=2`` (3×3 kernels) convolves the zero-interleaved input (a
+    transposed convolution) and filters with [1,3,3,1], in phase with `upsample2d`.
+    Returns [B, H·up, W·up, features] in ``dtype``; no bias or activation.
+    """
+
+    features: int
+    kernel_size: int = 3
+    up: int = 1
+    demodulate: bool = True
+    kernel_axes: tuple[str | None, ...] = (None, None, "conv_in", "conv_out")
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, w: jax.Array) -> jax.Array:
+        k, in_ch = self.kernel_size, x.shape[-1]
+        if self.up not in (1, 2) or (self.up == 2 and k != 3):
+            raise ValueError(f"up={self.up} with a {k}×{k} kernel: up is 1, or 2 with 3×3.")
+        styles = EqualDense(in_ch, bias_init=1.0, activation=None, dtype=jnp.float32,
+                            param_dtype=self.param_dtype, name="affine")(w)  # [B, in]
+        weight = self.param("kernel", partitioned(nn.initializers.normal(1.0),
+                                                  self.kernel_axes),
+                            (k, k, in_ch, self.features), self.param_dtype)
+        weight = jnp.asarray(weight, jnp.float32) / math.sqrt(k * k * in_ch)
+        x = (x.astype(jnp.float32) * styles[:, None, None, :]).astype(self.dtype)
+        conv = weight.astype(self.dtype)
+        if self.up == 1:
+            y = jax.lax.conv_general_dilated(
+                x, conv, (1, 1), ((k // 2, (k - 1) // 2),) * 2,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        else:
+            y = jax.lax.conv_general_dilated(
+                x, conv, (1, 1), ((k - 1, k - 1),) * 2, lhs_dilation=(2, 2),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            # The zeros take 3/4 of the samples: the filter's DC gain is up² = 4.
+            y = upfirdn2d(y, pad=(1, 1)) * jnp.asarray(4.0, y.dtype)
+        if self.demodulate:
+            # Σ_{i,k} (s_i w_ijk)² per sample and output channel [B, out].
+            energy = jnp.einsum("bi,io->bo", jnp.square(styles),
+                                jnp.sum(jnp.square(weight), axis=(0, 1)))
+            y = y * jax.lax.rsqrt(energy + 1e-8)[:, None, None, :].astype(y.dtype)
+        return y
