@@ -1,0 +1,149 @@
+"""GMPI's generator (Zhao et al., arXiv 2207.10642, §3.2): StyleGAN2 + depth-conditioned
+alpha planes, i.e. a multiplane image (one shared RGB image, one alpha map per plane).
+
+On top of the StyleGAN2 skip synthesis (models/stylegan2.py), at every resolution
+r ≤ `alpha_max_resolution` the block's features x give plane i the alpha logits
+
+    α_i = ToAlpha( InstanceNorm(x) + E(d_i) ),
+
+d_i the plane's depth normalised to [0, 1] and E four modulated 1×1 convolutions without
+demodulation (lrelu; C/4 → C/2 → C → C channels, styled by the block's second w), ToAlpha
+a modulated 1×1 conv (no demodulation) to one channel styled by the block's toRGB w; the
+per-plane logits accumulate through the skip path like the RGB image, and above
+`alpha_max_resolution` they are only upsampled. RGB and alphas are (tanh(·) + 1)/2; the
+last (background) plane's alpha is 1. As in ml-gmpi's defaults ("normalize_add_z",
+"modulated_lrelu", `pos_enc_multires` 0: E reads d_i itself).
+
+ToAlpha is linear in its input, so ToAlpha(InstanceNorm(x) + E(d_i)) = ToAlpha(
+InstanceNorm(x)) + ToAlpha₀(E(d_i)) (ToAlpha₀: without bias): one shared map plus one
+scalar per plane, computed without the [B, P, r, r, C] tensor (8.6 GB at 256², 32
+planes, batch 8).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vq3d_jax.models.stylegan2 import (
+    MappingNetwork,
+    SynthesisNetwork,
+    channels_at,
+    num_styles,
+    truncate,
+)
+from vq3d_jax.nn.partitioning import partitioned
+from vq3d_jax.nn.stylegan import EqualDense, ModulatedConv2d, lrelu, upsample2d
+
+Dtype = Any
+
+
+def instance_norm(x: jax.Array, eps: float = 1e-8) -> jax.Array:
+    """Per sample and channel: zero mean, unit std over the spatial axes (NHWC, float32)."""
+    x = x.astype(jnp.float32)
+    mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+    std = jnp.sqrt(jnp.var(x, axis=(1, 2), keepdims=True) + eps)
+    return (x - mean) / std
+
+
+class DepthEmbedding(nn.Module):
+    """E: normalised plane depths [P] → per-sample plane embeddings [B, P, C] (4 modulated
+    1×1 convs without demodulation, bias and lrelu; styles from w [B, w_dim])."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, depths: jax.Array, w: jax.Array) -> jax.Array:
+        b, p = w.shape[0], depths.shape[0]
+        # The planes stand in for a spatial axis: [B, P, 1, 1], one style per sample.
+        x = jnp.broadcast_to(depths.astype(jnp.float32)[None, :, None, None], (b, p, 1, 1))
+        c = self.features
+        for i, width in enumerate((c // 4, c // 2, c, c)):
+            x = ModulatedConv2d(width, 1, demodulate=False, name=f"conv{i}")(x, w)
+            bias = self.param(f"bias{i}", partitioned(nn.initializers.zeros, ("conv_out",)),
+                              (width,), jnp.float32)
+            x = lrelu(x + bias)
+        return x[:, :, 0, :]
+
+
+class PlaneAlphas(nn.Module):
+    """ToAlpha(InstanceNorm(x) + E_i) for every plane → logits [B, P, r, r, 1], by the
+    linearity of a 1×1 modulated conv without demodulation (module docstring)."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, embeddings: jax.Array, w: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        styles = EqualDense(c, bias_init=1.0, activation=None, name="affine")(w)  # [B, C]
+        kernel = self.param("kernel", partitioned(nn.initializers.normal(1.0),
+                                                  ("conv_in", None)), (c, 1), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (1,), jnp.float32)
+        kernel = kernel / math.sqrt(c)
+        shared = jnp.einsum("bhwc,bc,co->bhwo", instance_norm(x), styles, kernel)
+        per_plane = jnp.einsum("bpc,bc,co->bpo", embeddings.astype(jnp.float32), styles, kernel)
+        return shared[:, None] + per_plane[:, :, None, None, :] + bias
+
+
+class GMPIGenerator(nn.Module):
+    """z [B, z_dim] and normalised plane depths [P] (front to back) → an MPI:
+    {'rgb': [B, R, R, 3] in [0, 1], 'alpha': [B, P, R, R, 1] in [0, 1], last plane 1}.
+
+    Any number of planes P (32 in training, 96 at inference): E and ToAlpha are shared
+    by all planes. `mapping` / `synthesis` split the call as in `stylegan2.Generator`.
+    """
+
+    resolution: int = 256
+    z_dim: int = 512
+    w_dim: int = 512
+    mapping_layers: int = 8
+    channel_base: int = 32768
+    channel_max: int = 512
+    alpha_max_resolution: int = 256
+    use_noise: bool = True
+    dtype: Dtype = jnp.float32
+
+    def setup(self):
+        self.mapping_network = MappingNetwork(self.w_dim, self.mapping_layers)
+        self.synthesis_network = SynthesisNetwork(
+            self.resolution, 3, self.channel_base, self.channel_max, self.use_noise,
+            self.dtype)
+        top = min(self.resolution, self.alpha_max_resolution)
+        self.alpha_resolutions = tuple(2**k for k in range(2, int(math.log2(top)) + 1))
+        self.depth_embedding = {
+            str(r): DepthEmbedding(channels_at(r, self.channel_base, self.channel_max))
+            for r in self.alpha_resolutions}
+        self.to_alpha = {str(r): PlaneAlphas() for r in self.alpha_resolutions}
+
+    def mapping(self, z: jax.Array) -> jax.Array:
+        w = self.mapping_network(z)
+        return jnp.broadcast_to(w[:, None], (w.shape[0], num_styles(self.resolution),
+                                             w.shape[-1]))
+
+    def synthesis(self, ws: jax.Array, depths: jax.Array) -> dict[str, jax.Array]:
+        rgb, features = self.synthesis_network(ws, with_features=True)
+        logits = None
+        for i, res in enumerate(sorted(features)):
+            # The block's last conv's w styles E; its toRGB w styles ToAlpha (the
+            # synthesis's layout: 4² takes ws[0:2], resolution k ≥ 1 above ws[2k−1:2k+2]).
+            w_conv, w_rgb = ws[:, 2 * i], ws[:, 2 * i + 1]
+            if logits is not None:
+                b, p = logits.shape[:2]
+                up = upsample2d(logits.reshape((b * p,) + logits.shape[2:]))
+                logits = up.reshape((b, p) + up.shape[1:])
+            if res in self.alpha_resolutions:
+                embedding = self.depth_embedding[str(res)](depths, w_conv)
+                new = self.to_alpha[str(res)](features[res], embedding, w_rgb)
+                logits = new if logits is None else logits + new
+        alpha = (jnp.tanh(logits) + 1.0) / 2.0
+        alpha = alpha.at[:, -1].set(1.0)  # the background plane is opaque
+        return {"rgb": (jnp.tanh(rgb) + 1.0) / 2.0, "alpha": alpha}
+
+    def __call__(self, z: jax.Array, depths: jax.Array, psi: float = 1.0,
+                 w_average: jax.Array | None = None) -> dict[str, jax.Array]:
+        ws = self.mapping(z)
+        if w_average is not None and psi != 1.0:
+            ws = truncate(ws, w_average, psi)
+        return self.synthesis(ws, depths)
