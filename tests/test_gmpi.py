@@ -51,3 +51,22 @@ def test_mpi_from_the_generator_any_plane_count_background_opaque():
         np.testing.assert_allclose(seven["alpha"][:, j], four["alpha"][:, i], rtol=1e-5,
                                    atol=1e-6)
     np.testing.assert_allclose(seven["rgb"], four["rgb"], rtol=1e-6)
+
+
+def test_pose_conditioned_discriminator_projects_onto_the_normalised_pose_embedding():
+    from vq3d_jax.models.discriminator import ResidualDiscriminator
+
+    d = ResidualDiscriminator(resolution=16, channel_base=128, channel_max=16,
+                              condition_dim=16, cmap_dim=8)
+    rng = np.random.default_rng(3)
+    images = jnp.asarray(rng.normal(size=(4, 16, 16, 3)), jnp.float32)
+    poses = jnp.asarray(rng.normal(size=(4, 16)), jnp.float32)  # flattened world-to-camera
+    variables = d.init(jax.random.key(0), images, poses)
+    logits, state = d.apply(variables, images, poses, capture_intermediates=True)
+    features = state["intermediates"]["b4_out"]["__call__"][0]
+    cmap = state["intermediates"]["condition_map"]["__call__"][0]
+    cmap = cmap / np.sqrt(np.mean(np.square(cmap), -1, keepdims=True) + 1e-8)
+    np.testing.assert_allclose(logits, np.sum(features * cmap, -1) / np.sqrt(8), rtol=1e-5)
+    # The embedding is linear and unbiased at init: the opposite pose flips the logit.
+    np.testing.assert_allclose(d.apply(variables, images, -poses), -logits, rtol=1e-5,
+                               atol=1e-6)

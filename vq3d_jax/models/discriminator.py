@@ -14,7 +14,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vq3d_jax.nn.stylegan import EqualConv2d, EqualDense, minibatch_stddev
+from vq3d_jax.nn.stylegan import (
+    EqualConv2d,
+    EqualDense,
+    minibatch_stddev,
+    normalize_second_moment,
+)
 
 Dtype = Any
 
@@ -32,6 +37,12 @@ class ResidualDiscriminator(nn.Module):
     Input: images in [−1, 1], NHWC float, H = W = ``resolution``.
     Output: logits [B] float32.
 
+    Conditional (``condition_dim`` > 0, GMPI §3.3 on a camera pose; the projection
+    discriminator of StyleGAN2-ADA, Karras et al. 2020, arXiv 2006.06676): the condition
+    [B, condition_dim] is mapped by one equalised dense layer to ``cmap_dim`` features
+    normalised to unit second moment, the last dense layer gives ``cmap_dim`` features,
+    and the logit is their dot product with the mapped condition over √cmap_dim.
+
     Logical names: kernels (None, None, 'conv_in', 'conv_out') except where
     the input channel count is small or odd (FromRGB: 3; the conv after
     minibatch-stddev: C+1), which use None for that dim so that any rule
@@ -46,12 +57,18 @@ class ResidualDiscriminator(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
+    condition_dim: int = 0
+    cmap_dim: int = 16
+
     def channels(self, res: int) -> int:
         return min(self.channel_base // res, self.channel_max)
 
     @nn.compact
-    def __call__(self, images: jax.Array) -> jax.Array:
+    def __call__(self, images: jax.Array, condition: jax.Array | None = None) -> jax.Array:
         b, h, w, _ = images.shape
+        if (condition is None) != (self.condition_dim == 0):
+            raise ValueError(f"condition_dim={self.condition_dim}: pass a condition exactly "
+                             "when the discriminator is conditional.")
         if h != self.resolution or w != self.resolution:
             raise ValueError(f"expected {self.resolution}² images, got {h}×{w}")
         log2 = int(math.log2(self.resolution))
@@ -79,6 +96,14 @@ class ResidualDiscriminator(nn.Module):
                  name="b4_conv")(x)
         x = x.reshape(b, -1)
         x = dense(features=ch, name="b4_fc")(x)
-        logits = dense(features=1, activation=None, kernel_axes=("conv_in", None),
-                       name="b4_out")(x)
-        return logits[:, 0].astype(jnp.float32)
+        if condition is None:
+            logits = dense(features=1, activation=None, kernel_axes=("conv_in", None),
+                           name="b4_out")(x)
+            return logits[:, 0].astype(jnp.float32)
+        features = dense(features=self.cmap_dim, activation=None,
+                         kernel_axes=("conv_in", None), name="b4_out")(x)
+        cmap = EqualDense(self.cmap_dim, activation=None, kernel_axes=(None, None),
+                          name="condition_map")(condition.astype(jnp.float32))
+        cmap = normalize_second_moment(cmap)
+        return (jnp.sum(features.astype(jnp.float32) * cmap, axis=-1)
+                / math.sqrt(self.cmap_dim))

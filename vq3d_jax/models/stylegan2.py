@@ -26,13 +26,15 @@ import jax
 import jax.numpy as jnp
 
 from vq3d_jax.nn.partitioning import partitioned
-from vq3d_jax.nn.stylegan import EqualDense, ModulatedConv2d, lrelu, upsample2d
+from vq3d_jax.nn.stylegan import (
+    EqualDense,
+    ModulatedConv2d,
+    lrelu,
+    normalize_second_moment,
+    upsample2d,
+)
 
 Dtype = Any
-
-
-def normalize_second_moment(x: jax.Array, eps: float = 1e-8) -> jax.Array:
-    return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
 
 
 def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:

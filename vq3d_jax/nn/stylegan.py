@@ -38,6 +38,11 @@ def lrelu(x: jax.Array) -> jax.Array:
     return nn.leaky_relu(x, LRELU_SLOPE) * jnp.asarray(LRELU_GAIN, x.dtype)
 
 
+def normalize_second_moment(x: jax.Array, eps: float = 1e-8) -> jax.Array:
+    """x / √(mean(x²) + ε) over the last axis (StyleGAN's z and condition embeddings)."""
+    return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
+
+
 def upfirdn2d(x: jax.Array, *, up: int = 1, down: int = 1,
               pad: tuple[int, int] = (0, 0)) -> jax.Array:
     """StyleGAN2's resampling of NHWC ``x`` with the separable [1,3,3,1] filter.
