@@ -107,7 +107,7 @@ def orbit(cam_to_world, pivot, yaw, pitch) -> jnp.ndarray:
     return _pose(rot @ c2w[..., :3, :3], centre)
 
 
-def _camera_directions(intrinsics, uv) -> jnp.ndarray:
+def camera_directions(intrinsics, uv) -> jnp.ndarray:
     """K^-1 [u, v, 1]: camera-frame directions [..., 3] with z = 1.
 
     Back-substitution through an upper-triangular K with K[2,2] = 1 (skew allowed), so z
@@ -137,7 +137,7 @@ def pixel_rays(intrinsics, cam_to_world, height: int, width: int):
         indexing="ij",
     )
     uv = jnp.stack([u, v], -1)  # [H, W, 2]
-    cam = _camera_directions(k[..., None, None, :, :], uv)  # [..., H, W, 3]
+    cam = camera_directions(k[..., None, None, :, :], uv)  # [..., H, W, 3]
     rot = c2w[..., None, None, :3, :3]
     dirs = jnp.sum(rot * cam[..., None, :], -1)  # R @ d, broadcast over pixels
     origins = jnp.broadcast_to(c2w[..., None, None, :3, 3], dirs.shape)
@@ -192,7 +192,7 @@ def unproject(uv, depth, intrinsics, cam_to_world) -> jnp.ndarray:
     c2w = at_least_float32(cam_to_world)
     k = at_least_float32(intrinsics).astype(c2w.dtype)
     depth = jnp.asarray(depth, c2w.dtype)[..., None]
-    cam = _camera_directions(k, jnp.asarray(uv, c2w.dtype)) * depth
+    cam = camera_directions(k, jnp.asarray(uv, c2w.dtype)) * depth
     return jnp.sum(c2w[..., :3, :3] * cam[..., None, :], -1) + c2w[..., :3, 3]
 
 
