@@ -29,6 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vq3d_jax import geometry as geo
+from vq3d_jax.geometry import pose_sampling
 from vq3d_jax.models.stylegan2 import (
     MappingNetwork,
     SynthesisNetwork,
@@ -147,3 +149,66 @@ class GMPIGenerator(nn.Module):
         if w_average is not None and psi != 1.0:
             ws = truncate(ws, w_average, psi)
         return self.synthesis(ws, depths)
+
+
+class GMPIHead:
+    """GMPI as a GAN head: z → ws → MPI (`GMPIGenerator`) → images at cameras.
+
+    The MPI lives in its reference camera's frame (the mean training pose, at the origin
+    looking down +z; `geometry.pose_sampling`): `num_planes` planes uniform in disparity
+    over [near, far] (any count at inference), sized by GMPI's pose-range rule
+    (`geometry.pose_range_half_extents` over a yaw/pitch grid of ± truncation σ).
+    Rendered images are in [−1, 1] at the MPI's resolution, depth is z-depth [B, S, S].
+    """
+
+    def __init__(self, model, poses, fov_deg: float):
+        self.generator = GMPIGenerator(
+            resolution=model.resolution, z_dim=model.z_dim, w_dim=model.w_dim,
+            mapping_layers=model.mapping_layers, channel_base=model.channel_base,
+            channel_max=model.channel_max, alpha_max_resolution=model.alpha_max_resolution,
+            dtype=jnp.dtype(model.dtype))
+        self.size = int(model.resolution)
+        self.z_dim = int(model.z_dim)
+        self.near, self.far = float(model.near), float(model.far)
+        self.num_planes = int(model.num_planes)
+        self.poses = poses
+        self.intrinsics = geo.intrinsics_from_fov(fov_deg, self.size, self.size)
+
+    def plane_layout(self, num_planes: int):
+        """→ (z-depths [P], normalised depths in [0, 1] [P], half extents [P, 2])."""
+        depths = geo.plane_depths(self.near, self.far, num_planes)
+        steps = jnp.linspace(-self.poses.truncation, self.poses.truncation, 9)
+        grid = jnp.stack(jnp.meshgrid(steps * self.poses.yaw_std + self.poses.yaw_mean,
+                                      steps * self.poses.pitch_std + self.poses.pitch_mean),
+                         -1).reshape(-1, 2)
+        extents = geo.pose_range_half_extents(
+            depths, self.intrinsics, self.size, self.size,
+            pose_sampling.cameras_at(grid, self.poses), self.poses.reference_camera())
+        return depths, (depths - self.near) / (self.far - self.near), extents
+
+    def init(self, rng: jax.Array) -> dict:
+        z = jnp.zeros((1, self.z_dim), jnp.float32)
+        _, normalised, _ = self.plane_layout(self.num_planes)
+        return self.generator.init({"params": rng, "noise": rng}, z, normalised)["params"]
+
+    def mapping(self, params, z: jax.Array) -> jax.Array:
+        return self.generator.apply({"params": params}, z, method=GMPIGenerator.mapping)
+
+    def render(self, params, ws: jax.Array, cam_to_world: jax.Array, noise_rng: jax.Array,
+               num_planes: int | None = None) -> dict[str, jax.Array]:
+        """ws [B, n, w_dim], cameras [B, V, 4, 4] → {'image' [B, V, S, S, 3] in [−1, 1],
+        'depth' [B, V, S, S], 'opacity' [B, V, S, S]}: V views of each sample's MPI."""
+        depths, normalised, extents = self.plane_layout(num_planes or self.num_planes)
+        mpi = self.generator.apply({"params": params}, ws, normalised,
+                                   method=GMPIGenerator.synthesis, rngs={"noise": noise_rng})
+        rgb = jnp.broadcast_to(mpi["rgb"][:, None], mpi["alpha"].shape[:-1] + (3,))
+        rgba = jnp.concatenate([rgb, mpi["alpha"]], -1)  # [B, P, S, S, 4]
+        reference = self.poses.reference_camera()
+
+        def view(planes, c2w):
+            return geo.render_mpi(planes, depths, extents, reference, self.intrinsics, c2w,
+                                  self.size, self.size)
+
+        views = jax.vmap(jax.vmap(view, in_axes=(None, 0)))(rgba, cam_to_world)
+        return {"image": views["color"] * 2.0 - 1.0, "depth": views["depth"],
+                "opacity": views["opacity"]}

@@ -7,6 +7,8 @@ _TASKS = {
     # model.decoder picks the NeRF task or the 2D autoencoder.
     "vq3d_stage1": "vq3d_jax.tasks.vq3d_stage1:make_task",
     "vq3d_stage2": "vq3d_jax.tasks.vq3d_stage2:VQ3DStage2Task",
+    # 3D-aware GANs; model.head picks the generator (GMPI).
+    "gan": "vq3d_jax.tasks.gan_task:GANTask",
 }
 
 

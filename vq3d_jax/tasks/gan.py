@@ -57,24 +57,30 @@ class Discriminator:
     def prefix(self) -> str:
         return "" if self.name == DISCRIMINATOR else self.name.removesuffix(DISCRIMINATOR)
 
-    def logits(self, params, images: jax.Array) -> jax.Array:
-        return self.network.apply({"params": params}, images)
+    def logits(self, params, images: jax.Array, condition=None) -> jax.Array:
+        if condition is None:  # an unconditional network takes images alone
+            return self.network.apply({"params": params}, images)
+        return self.network.apply({"params": params}, images, condition)
 
-    def generator_loss(self, params, fakes: jax.Array, active: jax.Array) -> jax.Array:
+    def generator_loss(self, params, fakes: jax.Array, active: jax.Array,
+                       condition=None) -> jax.Array:
         """The generator's non-saturating loss on `fakes`; 0, and no D pass, while inactive."""
         return run_when(
             active,
-            lambda: losses.nonsaturating_generator_loss(self.logits(params, fakes)),
+            lambda: losses.nonsaturating_generator_loss(self.logits(params, fakes, condition)),
             lambda: jnp.zeros((), jnp.float32),
         )
 
-    def update(self, params, opt_state, reals, fakes, step, active):
+    def update(self, params, opt_state, reals, fakes, step, active, real_condition=None,
+               fake_condition=None):
         """One optimizer step on the D loss → (params, opt_state, metrics); while inactive
         the D is not run: parameters and optimizer state come back as they were, metrics 0.
+        A conditional D (a pose, GMPI) gets each image set's condition.
         """
 
         def work():
-            grads, metrics = self.gradients(params, reals, fakes, step)
+            grads, metrics = self.gradients(params, reals, fakes, step, real_condition,
+                                            fake_condition)
             updates, new_opt_state = self.tx.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), new_opt_state, metrics
 
@@ -83,20 +89,22 @@ class Discriminator:
 
         return run_when(active, work, idle)
 
-    def gradients(self, params, reals, fakes, step):
-        """∇ of the non-saturating D loss + lazy R1 → (grads, metrics)."""
+    def gradients(self, params, reals, fakes, step, real_condition=None, fake_condition=None):
+        """∇ of the non-saturating D loss + lazy R1 (w.r.t. the real images) → (grads,
+        metrics)."""
         fakes = jax.lax.stop_gradient(fakes)
         r1_due = (step % self.r1_every == 0).astype(jnp.float32)
         p = self.prefix
 
         def loss_fn(d_params):
-            real_logits = self.logits(d_params, reals)
-            fake_logits = self.logits(d_params, fakes)
+            real_logits = self.logits(d_params, reals, real_condition)
+            fake_logits = self.logits(d_params, fakes, fake_condition)
             d_loss = losses.nonsaturating_discriminator_loss(real_logits, fake_logits)
             # Lazy R1 (StyleGAN2 §B): every r1_every steps, scaled by the interval.
             r1 = jax.lax.cond(
                 r1_due > 0,
-                lambda: losses.r1_penalty(lambda x: self.logits(d_params, x), reals),
+                lambda: losses.r1_penalty(
+                    lambda x: self.logits(d_params, x, real_condition), reals),
                 lambda: jnp.zeros((), jnp.float32),
             )
             total = d_loss + r1_due * 0.5 * self.r1_gamma * self.r1_every * r1

@@ -209,6 +209,12 @@ def train(rt: Runtime, workdir: str, train_iter, make_eval_iter: Callable | None
     else:
         logging.info("Training from step %d to %d.", step, config.total_steps)
     train_step = compile_train_step(rt)
+    # A task scored by FID alone has nothing to evaluate while FID is off: said once.
+    evaluates = make_eval_iter is not None and (isinstance(task, PerExampleMetrics)
+                                                or fid is not None)
+    if make_eval_iter is not None and not evaluates:
+        logging.warning("No evaluation during training: %s is scored by FID alone and FID "
+                        "is off (eval.fid.inception_weights).", type(task).__name__)
     preemption = PreemptionWatch().install()
     progress = Progress(
         total_steps=config.total_steps,
@@ -245,7 +251,7 @@ def train(rt: Runtime, workdir: str, train_iter, make_eval_iter: Callable | None
                 if stopping:
                     logging.warning("Preempted: saved step %d, exiting.", step)
                     break
-                if make_eval_iter and (_due(step, config.eval_every) or final):
+                if evaluates and (_due(step, config.eval_every) or final):
                     run_eval(rt, state, make_eval_iter(), writer, step, fid)
                 if make_eval_iter and (_due(step, config.sample_every) or final):
                     sample_batch = sample_batch or _first_batch(make_eval_iter(), task)

@@ -1,0 +1,217 @@
+"""A 3D-aware GAN trained on single views with their cameras (`task = "gan"`), generic
+over its head (GMPI now; the tri-plane GAN next): StyleGAN2-ADA's training recipe
+(Karras et al. 2020) with GMPI's pose-conditioned discriminator (arXiv 2207.10642 §3.3).
+
+Per step, one generator then one discriminator update (the GAN kit, tasks/gan.py):
+- G: z → ws (style mixing with a second z) → the head renders each sample at
+  `loss.views_per_z` cameras drawn from the pose distribution; the D scores each view
+  under its pose and G takes the non-saturating loss of the worst-scored view of each z
+  (GMPI's "update G on the worst of N views"; N = 1 is plain).
+- D: real images under their dataset poses against the rendered fakes under theirs;
+  lazy R1 on the reals. Poses enter as the flattened world-to-camera matrix of the camera
+  at that (yaw, pitch) on the pose sphere, reals' angles read off their cam-to-world.
+- model_state: the generator EMA (StyleGAN2 §B) and the tracked average w (truncation).
+
+Quality is scored by FID alone (`fid_images`: one sample per eval image at a random
+pose); `sample` writes ψ-truncated images over their depth maps, an orbit per sample.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vq3d_jax import losses
+from vq3d_jax.geometry import pose_sampling
+from vq3d_jax.models import stylegan2
+from vq3d_jax.models.discriminator import ResidualDiscriminator
+from vq3d_jax.models.gmpi import GMPIHead
+from vq3d_jax.tasks import gan
+from vq3d_jax.tasks.common import (
+    DISCRIMINATOR,
+    GENERATOR,
+    image_grid,
+    images_to_float,
+    images_to_uint8,
+    make_optimizer,
+)
+from vq3d_jax.train.state import TrainState
+from vq3d_jax.visualize import colorize_depth
+
+HEADS = {"gmpi": GMPIHead}
+W_AVERAGE = "w_average"
+
+
+def pose_condition(yaw_pitch: jax.Array, poses: pose_sampling.PoseDistribution) -> jax.Array:
+    """(yaw, pitch) [..., 2] → the flattened world-to-camera [..., 16] the D is given."""
+    c2w = pose_sampling.cameras_at(yaw_pitch, poses)
+    return jnp.linalg.inv(c2w).reshape(yaw_pitch.shape[:-1] + (16,))
+
+
+def yaw_pitch_of(cam_to_world: jax.Array, elevation_deg: float) -> jax.Array:
+    """Angles of dataset cameras looking at the object centre [..., 4, 4] → [..., 2]:
+    yaw about world up (+ to the camera's left side of the object, as `cameras.orbit`),
+    pitch relative to the dataset's mean elevation (+ = camera lower, nose up)."""
+    forward = cam_to_world[..., :3, 2]
+    yaw = jnp.arctan2(-forward[..., 0], forward[..., 2])
+    elevation = jnp.arcsin(jnp.clip(forward[..., 1], -1.0, 1.0))
+    return jnp.stack([yaw, np.deg2rad(elevation_deg) - elevation], -1)
+
+
+class GANTask:
+    train_keys = ("image", "cam_to_world")
+    eval_keys = ("image", "index")
+    fid_images_are = "samples"
+
+    def __init__(self, config):
+        self.config = config
+        m, cam = config.model, config.camera
+        if m.head not in HEADS:
+            raise ValueError(f"model.head={m.head!r}: one of {sorted(HEADS)}.")
+        self.poses = pose_sampling.PoseDistribution(
+            yaw_std=cam.yaw_std, pitch_std=cam.pitch_std, truncation=cam.truncation,
+            radius=cam.radius, center_depth=cam.radius)
+        self.head = HEADS[m.head](m, self.poses, cam.fov_deg)
+        self.image_size = int(config.data.image_size)
+        if self.image_size != self.head.size:
+            raise ValueError(f"data.image_size={self.image_size} but the generator renders "
+                             f"{self.head.size}² (model.resolution).")
+        network = ResidualDiscriminator(
+            resolution=self.image_size, channel_base=m.disc_channel_base,
+            channel_max=m.disc_channel_max, mbstd_group_size=m.disc_mbstd_group_size,
+            condition_dim=16, cmap_dim=m.disc_cmap_dim, dtype=jnp.dtype(m.dtype))
+        loss, o = config.loss, config.optim
+        self.generator_tx, self.generator_lr = make_optimizer(o.generator, config.total_steps)
+        disc_tx, _ = make_optimizer(
+            o.discriminator, max(config.total_steps - loss.adversarial_start_step, 1))
+        self.discriminator = gan.Discriminator(DISCRIMINATOR, network, disc_tx, loss.r1_gamma,
+                                               int(loss.r1_every))
+        self.num_sample_images = int(config.sample.num_images)
+
+    # -- state -------------------------------------------------------------------------
+    def init_state(self, rng: jax.Array) -> TrainState:
+        g_rng, d_rng, step_rng = jax.random.split(rng, 3)
+        images = jnp.zeros((1, self.image_size, self.image_size, 3), jnp.float32)
+        params = {
+            GENERATOR: self.head.init(g_rng),
+            DISCRIMINATOR: self.discriminator.network.init(
+                d_rng, images, jnp.zeros((1, 16), jnp.float32))["params"],
+        }
+        opt_state = {GENERATOR: self.generator_tx.init(params[GENERATOR]),
+                     DISCRIMINATOR: self.discriminator.tx.init(params[DISCRIMINATOR])}
+        model_state = {gan.GENERATOR_EMA: params[GENERATOR],
+                       W_AVERAGE: jnp.zeros((self.config.model.w_dim,), jnp.float32)}
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
+                          rng=step_rng, model_state=model_state)
+
+    def inference_generator(self, state):
+        return gan.inference_generator(state)
+
+    # -- training ----------------------------------------------------------------------
+    def styles(self, g_params, rng, batch_size: int) -> jax.Array:
+        """ws [B, n, w_dim] of fresh z, mixed with a second z's (StyleGAN §3.1)."""
+        z_rng, other_rng, mix_rng = jax.random.split(rng, 3)
+        z = jax.random.normal(z_rng, (batch_size, self.head.z_dim))
+        ws = self.head.mapping(g_params, z)
+        if self.config.loss.style_mixing > 0:
+            other = self.head.mapping(
+                g_params, jax.random.normal(other_rng, (batch_size, self.head.z_dim)))
+            ws = stylegan2.mix_styles(mix_rng, ws, other, self.config.loss.style_mixing)
+        return ws
+
+    def train_step(self, state: TrainState, batch):
+        cfg = self.config.loss
+        reals = images_to_float(batch["image"])
+        b = reals.shape[0]
+        views = int(cfg.views_per_z)
+        active = (state.step >= cfg.adversarial_start_step).astype(jnp.float32)
+        rng = jax.random.fold_in(state.rng, state.step)
+        style_rng, camera_rng, noise_rng = jax.random.split(rng, 3)
+        d_params = state.params[DISCRIMINATOR]
+        yaw_pitch = pose_sampling.sample_yaw_pitch(camera_rng, b * views, self.poses)
+        yaw_pitch = yaw_pitch.reshape(b, views, 2)
+        cameras = pose_sampling.cameras_at(yaw_pitch, self.poses)
+
+        def generator_loss(g_params):
+            ws = self.styles(g_params, style_rng, b)
+            fakes = self.head.render(g_params, ws, cameras, noise_rng)["image"]
+            condition = pose_condition(yaw_pitch, self.poses)
+            logits = self.discriminator.logits(
+                d_params, fakes.reshape((b * views,) + fakes.shape[2:]),
+                condition.reshape(b * views, 16)).reshape(b, views)
+            worst = jnp.argmin(logits, axis=1)  # the view the D finds least real
+            picked = jnp.take_along_axis(logits, worst[:, None], axis=1)[:, 0]
+            loss = active * losses.nonsaturating_generator_loss(picked)
+            first = (fakes[:, 0], condition[:, 0])
+            return loss, (first, ws)
+
+        (g_loss, ((fakes, fake_condition), ws)), g_grads = jax.value_and_grad(
+            generator_loss, has_aux=True)(state.params[GENERATOR])
+        g_params, g_opt = gan.apply_gradients(
+            self.generator_tx, g_grads, state.opt_state[GENERATOR], state.params[GENERATOR])
+        real_condition = pose_condition(
+            yaw_pitch_of(batch["cam_to_world"], self.config.camera.elevation_deg), self.poses)
+        d_new, d_opt, d_metrics = self.discriminator.update(
+            d_params, state.opt_state[DISCRIMINATOR], reals, fakes, state.step, active,
+            real_condition, fake_condition)
+        ema = self.config.ema
+        beta = gan.ema_decay(state.step, self.config.global_batch_size, ema.half_life_images,
+                             ema.rampup)
+        model_state = {
+            gan.GENERATOR_EMA: gan.update_ema(state.model_state[gan.GENERATOR_EMA], g_params,
+                                              beta),
+            W_AVERAGE: stylegan2.track_w_average(state.model_state[W_AVERAGE], ws[:, 0],
+                                                 self.config.model.w_average_beta),
+        }
+        new_state = state.replace(
+            step=state.step + 1, params={GENERATOR: g_params, DISCRIMINATOR: d_new},
+            opt_state={GENERATOR: g_opt, DISCRIMINATOR: d_opt}, model_state=model_state)
+        return new_state, {
+            "loss/g": g_loss, **d_metrics, "gan/active": active,
+            "train/learning_rate": self.generator_lr(state.step),
+            "train/grad_norm": optax.tree.norm(g_grads),
+        }
+
+    # -- samples ----------------------------------------------------------------------
+    def generate(self, state, index: jax.Array, cameras: jax.Array, psi: float) -> dict:
+        """Sample i (its z and noise from fold_in(key(sample.seed), i)) at cameras [B, V]."""
+        g = self.inference_generator(state)
+        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
+            jax.random.key(int(self.config.sample.seed)), index)
+        z = jax.vmap(lambda k: jax.random.normal(k, (self.head.z_dim,)))(keys)
+        ws = stylegan2.truncate(self.head.mapping(g, z), state.model_state[W_AVERAGE], psi)
+        return self.head.render(g, ws, cameras, jax.random.key(0),
+                                num_planes=int(self.config.model.num_planes_eval))
+
+    def fid_images(self, state, batch):
+        """One sample per eval image, at a pose drawn from the training distribution."""
+        index = batch["index"]
+        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(1), index)
+        yaw_pitch = jax.vmap(lambda k: pose_sampling.sample_yaw_pitch(k, 1, self.poses))(keys)
+        cameras = pose_sampling.cameras_at(yaw_pitch, self.poses)
+        return images_to_uint8(self.generate(state, index, cameras, 1.0)["image"][:, 0])
+
+    def sample(self, state, batch):
+        """ψ-truncated samples at the mean pose over their depth maps; per sample an orbit
+        GIF (yaw over ± the pose range) and a depth map."""
+        s = self.config.sample
+        n = min(self.num_sample_images, batch["index"].shape[0])
+        frames = int(s.orbit_frames)
+        yaw = self.poses.truncation * self.poses.yaw_std * np.sin(
+            2.0 * np.pi * np.arange(frames) / frames)
+        angles = jnp.asarray(np.stack([np.concatenate([[0.0], yaw]),
+                                       np.zeros(frames + 1)], -1), jnp.float32)
+        cameras = jnp.broadcast_to(pose_sampling.cameras_at(angles, self.poses),
+                                   (n, frames + 1, 4, 4))
+        out = self.generate(state, batch["index"][:n], cameras, float(s.psi))
+        depth = colorize_depth(1.0 / jnp.maximum(out["depth"][:, 0], 1e-6))
+        image = images_to_uint8(out["image"][:, 0])
+        pictures = {"samples": image_grid([image, depth])}
+        orbit = images_to_uint8(out["image"][:, 1:])
+        for i in range(n):
+            pictures[f"orbit_{i:02d}"] = orbit[i]
+            pictures[f"depth_{i:02d}"] = depth[i]
+        return pictures
+
