@@ -87,4 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
             "kid_max_features": 10_000,  # rows kept per set for KID and IS (host memory)
         }
     )
+    # Sliced Wasserstein distance (ProGAN §5; metrics/swd.py) of the task's fid_images
+    # against the split's images: needs no downloaded network. 0 = off.
+    c.eval.swd = ml_collections.ConfigDict({"num_images": 0})
     return c

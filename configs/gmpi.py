@@ -79,5 +79,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                         fov_deg=50.0, elevation_deg=18.0)
         c.loss.views_per_z = 1  # [choice] CPU: one view per z
         c.ema.half_life_images = 2000  # [choice] ~250 steps at batch 8
-        c.eval.update(num_examples=64, global_batch_size=16)
+        c.eval.update(num_examples=256, global_batch_size=32)
+        c.eval.swd.num_images = 256  # the quality figure without Inception weights
     return c

@@ -194,3 +194,37 @@ def test_reading_a_pth_without_torch_says_how_to_get_it(tmp_path):
         pass
     with pytest.raises(SystemExit, match="pip install torch"):
         convert_weights.read_torch_state_dict(str(tmp_path / "x.pth"))
+
+
+class _CopyTask(_InvertTask):
+    """Its images are the real ones: SWD 0."""
+
+    def fid_images(self, state, batch):
+        return batch["image"]
+
+
+def test_swd_runs_in_the_eval_pass_without_inception_weights(tmp_path):
+    """eval.swd.num_images > 0: the eval pass adds SWD of the task's images against the
+    split's (padding left out), 0 when they are the real images, large when inverted."""
+    from conftest import tiny_task_config
+
+    from vq3d_jax.metrics import swd
+    from vq3d_jax.train.loop import build_runtime, init_state, run_eval
+    from vq3d_jax.train.writer import MetricWriter
+
+    config = tiny_task_config(data=8)
+    config.eval.swd.num_images = 12
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8)
+    mask = np.arange(16) < 14  # two padding rows
+    batches = [{"image": images[i:i + 8], "mask": mask[i:i + 8]} for i in (0, 8)]
+    writer = MetricWriter(str(tmp_path), enabled=False)
+    scores = {}
+    for task in (_CopyTask(), _InvertTask()):
+        rt = build_runtime(task, config)
+        metrics = evaluator.from_config(config, rt, num_examples=14)
+        scores[type(task)] = run_eval(rt, init_state(rt), batches, writer, 0, metrics)
+    copy, invert = scores[_CopyTask], scores[_InvertTask]
+    assert copy["eval/swd_avg"] == 0.0 and copy["eval/swd_num_examples"] == 12
+    expected = swd.swd(images[:12], 255 - images[:12])
+    np.testing.assert_allclose(invert["eval/swd_avg"], expected["swd_avg"], rtol=1e-5)

@@ -28,6 +28,7 @@ import numpy as np
 from absl import logging
 
 from vq3d_jax.metrics import fid as fid_lib
+from vq3d_jax.metrics import swd as swd_lib
 from vq3d_jax.models import inception, pretrained
 from vq3d_jax.train import sharding as sharding_lib
 from vq3d_jax.train.task import ScoredByFID
@@ -61,23 +62,54 @@ def load_reference(path: str) -> dict:
     return {"mu": mu, "sigma": sigma, "features": raw}
 
 
-def from_config(config, runtime, num_examples: int) -> FIDEvaluator | None:
-    """The run's evaluator, or None (said once) when no Inception weights are configured.
+def from_config(config, runtime, num_examples: int):
+    """The run's image metrics for the eval pass: FID/KID/IS when Inception weights are
+    configured (said once when not), SWD when `eval.swd.num_images` > 0; None without
+    either, or for a task with no images to score (`ScoredByFID`).
 
     A configured but missing or foreign weights file is an error: a reported FID
     never comes from random weights.
     """
+    metrics = []
     if not config.eval.fid.inception_weights:
         logging.warning(
             "FID/KID are off: %s",
             inception.SPEC.missing_message(WEIGHTS_KEY, config.eval.fid.inception_weights),
         )
+    swd_images = int(config.eval.get("swd", {}).get("num_images", 0))
+    if not (config.eval.fid.inception_weights or swd_images):
         return None
     if not isinstance(runtime.task, ScoredByFID):
-        logging.info("FID/KID are off: %s has no images to score.", type(runtime.task).__name__)
+        logging.info("FID/KID/SWD are off: %s has no images to score.",
+                     type(runtime.task).__name__)
         return None
-    return FIDEvaluator(config.eval.fid, config.data, num_examples, runtime.mesh,
-                        runtime.state_shardings, runtime.task)
+    if config.eval.fid.inception_weights:
+        metrics.append(FIDEvaluator(config.eval.fid, config.data, num_examples, runtime.mesh,
+                                    runtime.state_shardings, runtime.task))
+    if swd_images:
+        metrics.append(swd_lib.SWDEvaluator(runtime.task, swd_images, runtime.state_shardings,
+                                            runtime.mesh))
+    return metrics[0] if len(metrics) == 1 else ImageMetrics(metrics)
+
+
+class ImageMetrics:
+    """Several eval-pass image metrics run as one (`begin` → `add` → `finish`)."""
+
+    def __init__(self, metrics: list):
+        self.metrics = metrics
+
+    def begin(self):
+        passes = [m.begin() for m in self.metrics]
+
+        class Pass:
+            def add(self, state, batch):
+                for p in passes:
+                    p.add(state, batch)
+
+            def finish(self):
+                return {k: v for p in passes for k, v in p.finish().items()}
+
+        return Pass()
 
 
 class FIDEvaluator:

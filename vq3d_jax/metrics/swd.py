@@ -123,3 +123,44 @@ def swd(real: np.ndarray, fake: np.ndarray, *, seed: int = 0, min_resolution: in
             desc[0], desc[1], rng, dir_repeats, dirs_per_repeat)
     scores["swd_avg"] = float(np.mean(list(scores.values())))
     return scores
+
+
+class SWDEvaluator:
+    """SWD of a task's `fid_images` against the eval split's real images, in the eval
+    pass (`begin` → `add` per global batch → `finish`), on the first `num_images`."""
+
+    def __init__(self, task, num_images: int, state_shardings, mesh):
+        from vq3d_jax.train import sharding as sharding_lib
+
+        self.num_images = int(num_images)
+        batch = sharding_lib.batch_sharding(mesh)
+        self._task_images = jax.jit(task.fid_images, in_shardings=(state_shardings, batch),
+                                    out_shardings=sharding_lib.replicated(mesh))
+
+    def begin(self) -> _SWDPass:
+        return _SWDPass(self)
+
+
+class _SWDPass:
+    def __init__(self, evaluator: SWDEvaluator):
+        self.ev = evaluator
+        self.real: list[np.ndarray] = []
+        self.fake: list[np.ndarray] = []
+        self.count = 0
+
+    def add(self, state, global_batch: dict) -> None:
+        if self.count >= self.ev.num_images:
+            return
+        keep = np.asarray(jax.device_get(global_batch["mask"]), bool)
+        fake = np.asarray(jax.device_get(self.ev._task_images(state, global_batch)))[keep]
+        real = np.asarray(jax.device_get(global_batch["image"]))[keep]
+        self.real.append(real)
+        self.fake.append(fake)
+        self.count += len(real)
+
+    def finish(self) -> dict[str, float]:
+        n = min(self.count, self.ev.num_images)
+        real, fake = (np.concatenate(x)[:n] for x in (self.real, self.fake))
+        scores = swd(real, fake)
+        scores["swd_num_examples"] = float(n)
+        return scores
