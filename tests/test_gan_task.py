@@ -71,3 +71,16 @@ def test_sharded_gan_step_equals_unsharded():
     flat_8 = dict(jax.tree_util.tree_leaves_with_path(params_8))
     for path, value in jax.tree_util.tree_leaves_with_path(params_1):
         np.testing.assert_allclose(flat_8[path], value, rtol=1e-3, atol=1e-5, err_msg=str(path))
+
+
+def test_masked_psnr_closed_form():
+    from vq3d_jax import losses
+
+    pred = np.zeros((2, 2, 2, 3), np.float32)
+    target = pred.copy()
+    target[0, 0, 0] = 0.5  # one channel-triple off by 0.5, inside the mask
+    target[0, 1, 1] = 9.0  # masked out
+    mask = np.array([[[True, True], [True, False]], [[False] * 2] * 2])
+    got = np.asarray(losses.masked_psnr(pred, target, mask))
+    np.testing.assert_allclose(got[0], 10 * np.log10(4.0 / (3 * 0.25 / 9)), rtol=1e-5)
+    assert np.isnan(got[1])  # nothing visible

@@ -62,6 +62,18 @@ def psnr(pred: jax.Array, target: jax.Array, max_val: float = 2.0) -> jax.Array:
     return 10.0 * jnp.log10(max_val**2 / mse)
 
 
+def masked_psnr(pred: jax.Array, target: jax.Array, mask: jax.Array,
+                max_val: float = 2.0) -> jax.Array:
+    """PSNR in dB of each image [B, H, W, C] over the pixels where `mask` [B, H, W] is
+    true; an image with no such pixel gets NaN (the eval mean leaves it out)."""
+    weight = mask.astype(jnp.float32)[..., None]
+    diff = pred.astype(jnp.float32) - target.astype(jnp.float32)
+    axes = tuple(range(1, diff.ndim))
+    count = jnp.sum(weight, axis=axes) * diff.shape[-1]
+    mse = jnp.maximum(jnp.sum(weight * jnp.square(diff), axis=axes), 1e-20 * count) / count
+    return 10.0 * jnp.log10(max_val**2 / mse)
+
+
 def align_scale_shift(
     source: jax.Array, target: jax.Array, mask: jax.Array | None = None, eps: float = 1e-8
 ) -> tuple[jax.Array, jax.Array]:

@@ -12,8 +12,9 @@ Per step, one generator then one discriminator update (the GAN kit, tasks/gan.py
   at that (yaw, pitch) on the pose sphere, reals' angles read off their cam-to-world.
 - model_state: the generator EMA (StyleGAN2 §B) and the tracked average w (truncation).
 
-Quality is scored by FID alone (`fid_images`: one sample per eval image at a random
-pose); `sample` writes ψ-truncated images over their depth maps, an orbit per sample.
+Eval: the multi-view consistency of samples (`eval_step`), FID/KID and SWD of
+`fid_images` (one sample per eval image at a random pose); `sample` writes ψ-truncated
+images over their depth maps and an orbit per sample.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vq3d_jax import geometry as geo
 from vq3d_jax import losses
 from vq3d_jax.geometry import pose_sampling
 from vq3d_jax.models import stylegan2
@@ -184,6 +186,27 @@ class GANTask:
         ws = stylegan2.truncate(self.head.mapping(g, z), state.model_state[W_AVERAGE], psi)
         return self.head.render(g, ws, cameras, jax.random.key(0),
                                 num_planes=int(self.config.model.num_planes_eval))
+
+    def eval_step(self, state, batch):
+        """Multi-view consistency of each sample (one per eval index, ψ = 1): rendered at
+        the mean pose and at the pose range's yaw edge, the first view warped into the
+        second with the second's rendered depth (`geometry.backward_warp`: intrinsics
+        and perspective divide) against the second render, as PSNR (dB) over the pixels
+        both views see."""
+        b = batch["index"].shape[0]
+        edge = self.poses.truncation * self.poses.yaw_std
+        angles = jnp.asarray([[0.0, 0.0], [edge, 0.0]], jnp.float32)
+        cameras = jnp.broadcast_to(pose_sampling.cameras_at(angles, self.poses), (b, 2, 4, 4))
+        out = self.generate(state, batch["index"], cameras, 1.0)
+        depth = out["depth"][:, 1] / jnp.maximum(out["opacity"][:, 1], 1e-6)
+        k = self.head.intrinsics
+
+        def warp(source, target_depth, source_c2w, target_c2w):
+            return geo.backward_warp(source, k, source_c2w, target_depth, k, target_c2w)
+
+        warped, visible = jax.vmap(warp)(out["image"][:, 0], depth, cameras[:, 0],
+                                         cameras[:, 1])
+        return {"multiview_psnr": losses.masked_psnr(warped, out["image"][:, 1], visible)}
 
     def fid_images(self, state, batch):
         """One sample per eval image, at a pose drawn from the training distribution."""
