@@ -68,6 +68,9 @@ def base_config() -> ml_collections.ConfigDict:
             "prefetch_buffer_size": 2,
             "with_depth": False,
             "with_novel_views": False,
+            # Training reads the held-out novel views too (of the training split), as
+            # more real images: for the 3D GANs, whose D wants a wide pose range.
+            "train_on_novel_views": False,
         }
     )
     c.eval = ml_collections.ConfigDict({"num_examples": 256, "global_batch_size": 32})

@@ -45,13 +45,17 @@ def test_dataset_camera_angles_and_pose_conditions_agree_with_the_pose_sphere():
 
 
 def test_sharded_gan_step_equals_unsharded():
-    """One GMPI step (2 views per z, R1 due at step 0) on data=2 × fsdp=4 simulated devices
-    equals the same step on one device."""
+    """One GMPI step (2 views per z, a real view drawn per scene, R1 due at step 0) on
+    data=2 × fsdp=4 simulated devices equals the same step on one device."""
     rng = np.random.default_rng(0)
     batch = {
         "image": rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8),
         "cam_to_world": np.stack([_rig_camera(y, 18.0 + p) for y, p in
                                   rng.uniform(-10, 10, (8, 2)) * [1.0, 0.3]]).astype(np.float32),
+        # The tiny preset draws one of each scene's 1 + 2 views (data.train_on_novel_views).
+        "novel_image": rng.integers(0, 256, (8, 2, 8, 8, 3), dtype=np.uint8),
+        "novel_cam_to_world": np.stack([[_rig_camera(y, 18.0), _rig_camera(-y, 28.0)]
+                                        for y in rng.uniform(10, 20, 8)]).astype(np.float32),
     }
     results = []
     for devices, mesh in ((jax.devices()[:1], dict(data=1, fsdp=1)),

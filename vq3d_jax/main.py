@@ -121,9 +121,10 @@ def main(argv) -> None:
         fid = evaluator.from_config(config, runtime, make_eval_iter().num_examples)
 
     if _MODE.value == "train":
-        # Held-out novel views are for eval only; training never reads them.
+        # The held-out novel views are for eval only, unless a task asks for its training
+        # scenes' views as more real images (data.train_on_novel_views: the 3D GANs).
         train_data = config.data.copy_and_resolve_references()
-        train_data.with_novel_views = False
+        train_data.with_novel_views = bool(config.data.get("train_on_novel_views", False))
         codes_checks = {}
         if config.data.get("codes_dir"):  # precomputed codes must fit the prior
             if not isinstance(task, EncodesCodes):

@@ -91,6 +91,10 @@ class GANTask:
         self.discriminator = gan.Discriminator(DISCRIMINATOR, network, disc_tx, loss.r1_gamma,
                                                int(loss.r1_every))
         self.num_sample_images = int(config.sample.num_images)
+        # The training scenes' other views as more real images, one drawn per example.
+        self.extra_views = bool(config.data.get("train_on_novel_views", False))
+        if self.extra_views:
+            self.train_keys = GANTask.train_keys + ("novel_image", "novel_cam_to_world")
 
     # -- state -------------------------------------------------------------------------
     def init_state(self, rng: jax.Array) -> TrainState:
@@ -123,14 +127,27 @@ class GANTask:
             ws = stylegan2.mix_styles(mix_rng, ws, other, self.config.loss.style_mixing)
         return ws
 
+    def real_views(self, batch, rng):
+        """The real images [B, S, S, 3] in [−1, 1] and their cam-to-worlds: the batch's,
+        or with `data.train_on_novel_views` one view drawn uniformly per example among
+        its canonical and novel views."""
+        images, cameras = batch["image"], batch["cam_to_world"]
+        if self.extra_views:
+            images = jnp.concatenate([images[:, None], batch["novel_image"]], 1)
+            cameras = jnp.concatenate([cameras[:, None], batch["novel_cam_to_world"]], 1)
+            pick = jax.random.randint(rng, (images.shape[0],), 0, images.shape[1])
+            images = jnp.take_along_axis(images, pick[:, None, None, None, None], 1)[:, 0]
+            cameras = jnp.take_along_axis(cameras, pick[:, None, None, None], 1)[:, 0]
+        return images_to_float(images), cameras
+
     def train_step(self, state: TrainState, batch):
         cfg = self.config.loss
-        reals = images_to_float(batch["image"])
+        rng = jax.random.fold_in(state.rng, state.step)
+        style_rng, camera_rng, noise_rng, view_rng = jax.random.split(rng, 4)
+        reals, real_cameras = self.real_views(batch, view_rng)
         b = reals.shape[0]
         views = int(cfg.views_per_z)
         active = (state.step >= cfg.adversarial_start_step).astype(jnp.float32)
-        rng = jax.random.fold_in(state.rng, state.step)
-        style_rng, camera_rng, noise_rng = jax.random.split(rng, 3)
         d_params = state.params[DISCRIMINATOR]
         yaw_pitch = pose_sampling.sample_yaw_pitch(camera_rng, b * views, self.poses)
         yaw_pitch = yaw_pitch.reshape(b, views, 2)
@@ -154,7 +171,7 @@ class GANTask:
         g_params, g_opt = gan.apply_gradients(
             self.generator_tx, g_grads, state.opt_state[GENERATOR], state.params[GENERATOR])
         real_condition = pose_condition(
-            yaw_pitch_of(batch["cam_to_world"], self.config.camera.elevation_deg), self.poses)
+            yaw_pitch_of(real_cameras, self.config.camera.elevation_deg), self.poses)
         d_new, d_opt, d_metrics = self.discriminator.update(
             d_params, state.opt_state[DISCRIMINATOR], reals, fakes, state.step, active,
             real_condition, fake_condition)
