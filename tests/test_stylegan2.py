@@ -127,7 +127,7 @@ def test_tiny_generator_shapes_styles_and_noise():
     np.testing.assert_array_equal(image, again)
     # ψ = 0 maps every z to the average w, hence to one image.
     average = jnp.mean(ws[:, 0], axis=0)
-    same = g.apply(variables, z, 0.0, average, rngs={"noise": jax.random.key(2)})
+    same = g.apply(variables, z, psi=0.0, w_average=average, rngs={"noise": jax.random.key(2)})
     np.testing.assert_allclose(same[0], same[1], rtol=1e-5, atol=1e-6)
     boxed = jax.tree.leaves(variables, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
     assert any(isinstance(leaf, nn.LogicallyPartitioned) for leaf in boxed)

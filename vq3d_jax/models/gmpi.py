@@ -31,13 +31,7 @@ import jax.numpy as jnp
 
 from vq3d_jax import geometry as geo
 from vq3d_jax.geometry import pose_sampling
-from vq3d_jax.models.stylegan2 import (
-    MappingNetwork,
-    SynthesisNetwork,
-    channels_at,
-    num_styles,
-    truncate,
-)
+from vq3d_jax.models.stylegan2 import Generator, channels_at
 from vq3d_jax.nn.partitioning import partitioned
 from vq3d_jax.nn.stylegan import EqualDense, ModulatedConv2d, lrelu, upsample2d
 
@@ -89,29 +83,19 @@ class PlaneAlphas(nn.Module):
         return shared[:, None] + per_plane[:, :, None, None, :] + bias
 
 
-class GMPIGenerator(nn.Module):
+class GMPIGenerator(Generator):
     """z [B, z_dim] and normalised plane depths [P] (front to back) → an MPI:
     {'rgb': [B, R, R, 3] in [0, 1], 'alpha': [B, P, R, R, 1] in [0, 1], last plane 1}.
 
-    Any number of planes P (32 in training, 96 at inference): E and ToAlpha are shared
-    by all planes. `mapping` / `synthesis` split the call as in `stylegan2.Generator`.
+    `stylegan2.Generator` with the alpha branch: ``__call__(z, depths, psi=, w_average=)``,
+    ``synthesis(ws, depths)``. Any number of planes P (32 in training, 96 at inference):
+    E and ToAlpha are shared by all planes.
     """
 
-    resolution: int = 256
-    z_dim: int = 512
-    w_dim: int = 512
-    mapping_layers: int = 8
-    channel_base: int = 32768
-    channel_max: int = 512
     alpha_max_resolution: int = 256
-    use_noise: bool = True
-    dtype: Dtype = jnp.float32
 
     def setup(self):
-        self.mapping_network = MappingNetwork(self.w_dim, self.mapping_layers)
-        self.synthesis_network = SynthesisNetwork(
-            self.resolution, 3, self.channel_base, self.channel_max, self.use_noise,
-            self.dtype)
+        super().setup()
         top = min(self.resolution, self.alpha_max_resolution)
         self.alpha_resolutions = tuple(2**k for k in range(2, int(math.log2(top)) + 1))
         self.depth_embedding = {
@@ -119,13 +103,8 @@ class GMPIGenerator(nn.Module):
             for r in self.alpha_resolutions}
         self.to_alpha = {str(r): PlaneAlphas() for r in self.alpha_resolutions}
 
-    def mapping(self, z: jax.Array) -> jax.Array:
-        w = self.mapping_network(z)
-        return jnp.broadcast_to(w[:, None], (w.shape[0], num_styles(self.resolution),
-                                             w.shape[-1]))
-
     def synthesis(self, ws: jax.Array, depths: jax.Array) -> dict[str, jax.Array]:
-        rgb, features = self.synthesis_network(ws, with_features=True)
+        rgb, features = super().synthesis(ws, with_features=True)
         logits = None
         for i, res in enumerate(sorted(features)):
             # The block's last conv's w styles E; its toRGB w styles ToAlpha (the
@@ -142,13 +121,6 @@ class GMPIGenerator(nn.Module):
         alpha = (jnp.tanh(logits) + 1.0) / 2.0
         alpha = alpha.at[:, -1].set(1.0)  # the background plane is opaque
         return {"rgb": (jnp.tanh(rgb) + 1.0) / 2.0, "alpha": alpha}
-
-    def __call__(self, z: jax.Array, depths: jax.Array, psi: float = 1.0,
-                 w_average: jax.Array | None = None) -> dict[str, jax.Array]:
-        ws = self.mapping(z)
-        if w_average is not None and psi != 1.0:
-            ws = truncate(ws, w_average, psi)
-        return self.synthesis(ws, depths)
 
 
 class GMPIHead:

@@ -169,7 +169,8 @@ class Generator(nn.Module):
     """z [B, z_dim] → image: `MappingNetwork` then `SynthesisNetwork`, one w per layer.
 
     ``__call__(z, psi=1.0, w_average=None)``; `mapping`/`synthesis` are the halves (the
-    train step maps, tracks w̄ and mixes styles between them).
+    train step maps, tracks w̄ and mixes styles between them). Heads built on StyleGAN2
+    subclass it (GMPI: models/gmpi.py), extending `setup` and `synthesis`.
     """
 
     resolution: int = 256
@@ -197,8 +198,10 @@ class Generator(nn.Module):
     def synthesis(self, ws: jax.Array, with_features: bool = False):
         return self.synthesis_network(ws, with_features)
 
-    def __call__(self, z: jax.Array, psi: float = 1.0, w_average: jax.Array | None = None):
+    def __call__(self, z: jax.Array, *synthesis_args, psi: float = 1.0,
+                 w_average: jax.Array | None = None):
+        """z → ws (truncated towards `w_average` by ψ) → `synthesis(ws, *synthesis_args)`."""
         ws = self.mapping(z)
         if w_average is not None and psi != 1.0:
             ws = truncate(ws, w_average, psi)
-        return self.synthesis(ws)
+        return self.synthesis(ws, *synthesis_args)
