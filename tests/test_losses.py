@@ -231,3 +231,23 @@ def test_log_disparity_depth_losses_match_a_float64_reference():
         pseudo_disparity=jnp.asarray([[0.2, 0.6]]), align=False, log_floor=floor,
     )
     assert float(half["integrated"]) == pytest.approx(np.log(2.0), rel=1e-5)
+
+
+def test_view_consistency_of_a_view_warped_into_itself_is_zero():
+    """GMNR's loss: warping a render into its own camera with its own depth is the
+    identity (pixel centres land on pixel centres), so SSIM is 1 and the loss 0."""
+    from vq3d_jax import geometry as geo
+    from vq3d_jax.losses import ssim, view_consistency_loss
+
+    rng = np.random.default_rng(0)
+    image = jnp.asarray(rng.uniform(size=(12, 12, 3)), jnp.float32)
+    depth = jnp.asarray(rng.uniform(2.0, 4.0, (12, 12)), jnp.float32)
+    k = geo.intrinsics_from_fov(40.0, 12, 12)
+    c2w = geo.orbit(jnp.eye(4), jnp.asarray([0.0, 0.0, 3.0]), 0.2, -0.1)
+    warped, visible = geo.backward_warp(image, k, c2w, depth, k, c2w)
+    np.testing.assert_allclose(warped, image, atol=1e-4)
+    assert bool(jnp.all(visible))
+    assert float(view_consistency_loss(image[None], warped[None], visible[None])) < 1e-4
+    np.testing.assert_allclose(ssim(image[None], image[None]), 1.0, atol=1e-6)
+    shifted = jnp.roll(image, 1, axis=1)
+    assert float(view_consistency_loss(image[None], shifted[None], visible[None])) > 0.05

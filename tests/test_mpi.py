@@ -259,3 +259,17 @@ def test_gradients_stay_finite_when_rays_miss_planes():
         for g in grad(rgba, cam):
             assert np.all(np.isfinite(g))
     assert np.any(grad(rgba, oblique)[1] != 0.0)  # the pose gets a gradient too
+
+
+def test_alpha_guided_sampling_picks_only_pixels_with_weight():
+    rng = np.random.default_rng(5)
+    weights = rng.uniform(size=(3, 6, 6)) * (rng.uniform(size=(3, 6, 6)) < 0.4)
+    weights[2] = 0.0  # a plane nothing shows through
+    index, valid = geo.alpha_guided_pixels(jax.random.key(0), jnp.asarray(weights), 0.25)
+    index, valid = np.asarray(index), np.asarray(valid)
+    assert index.shape == (3, 9)
+    flat = weights.reshape(3, -1)
+    for plane in range(3):
+        picked = index[plane][valid[plane]]
+        assert np.all(flat[plane, picked] > 0) and len(set(picked)) == len(picked)
+        assert valid[plane].sum() == min(9, int((flat[plane] > 0).sum()))

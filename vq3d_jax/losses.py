@@ -188,3 +188,28 @@ def median_scaled_abs_rel(
     count = jnp.sum(valid, axis=axes)
     abs_rel = jnp.sum(error / safe_true, axis=axes) / jnp.where(count > 0, count, nan)
     return abs_rel, scale
+
+
+def ssim(x: jax.Array, y: jax.Array, c1: float = 0.01**2, c2: float = 0.03**2) -> jax.Array:
+    """Per-pixel SSIM [B, H, W, C] of images in [0, 1] over 3×3 windows (Wang et al. 2004,
+    eq. 13, the mean-filter form monodepth uses), borders reflected."""
+    def pool(a):
+        a = jnp.pad(a, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+        h, w = a.shape[1] - 2, a.shape[2] - 2
+        return sum(a[:, i:i + h, j:j + w] for i in range(3) for j in range(3)) / 9.0
+
+    x, y = x.astype(jnp.float32), y.astype(jnp.float32)
+    mx, my = pool(x), pool(y)
+    vx, vy, cov = pool(x * x) - mx**2, pool(y * y) - my**2, pool(x * y) - mx * my
+    return ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+
+
+def view_consistency_loss(rendered, warped, visible) -> jax.Array:
+    """GMNR's view-consistency loss (arXiv 2304.01172): a second view warped into the
+    first (`warped`, [B, H, W, C] in [0, 1]) against the first's render, over the `visible`
+    [B, H, W] pixels: 0.5 · mean(0.85 · (1 − SSIM)/2 + 0.15 · |·|₁)."""
+    per_pixel = (0.85 * (1.0 - ssim(rendered, warped)) / 2.0
+                 + 0.15 * jnp.abs(rendered.astype(jnp.float32) - warped))
+    weight = visible.astype(jnp.float32)[..., None]
+    count = jnp.maximum(jnp.sum(weight) * per_pixel.shape[-1], 1.0)
+    return 0.5 * jnp.sum(per_pixel * weight) / count

@@ -25,6 +25,7 @@ from vq3d_jax.geometry.compositing import interval_midpoints, volume_render
 from vq3d_jax.geometry.contraction import contract, contract_to_unit, inverse_contract
 from vq3d_jax.geometry.field_rendering import RenderOptions, render_rays
 from vq3d_jax.geometry.mpi import (
+    alpha_guided_pixels,
     composite_mpi,
     frustum_half_extents,
     plane_depths,
@@ -52,6 +53,7 @@ from vq3d_jax.geometry.warp import backward_warp, bilinear_sample
 __all__ = [
     "WORLD_UP",
     "RenderOptions",
+    "alpha_guided_pixels",
     "at_least_float32",
     "PLANE_AXES",
     "PLANE_NAMES",

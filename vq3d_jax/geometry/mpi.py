@@ -247,3 +247,17 @@ def render_mpi(rgba, depths, half_extents, reference_cam_to_world, intrinsics, c
         "weights": out["weights"],
         "alpha": planes["alpha"],
     }
+
+
+def alpha_guided_pixels(rng: jax.Array, weights: jax.Array, fraction: float):
+    """GMNR's α-guided sampling (arXiv 2304.01172, α-VdR): per plane, pixels whose
+    compositing weight is non-zero, ⌈fraction·h·w⌉ of them drawn uniformly without
+    replacement among those (Gumbel top-k on a mask) → (flat pixel indices [P, k], valid
+    [P, k]: False where a plane has fewer non-zero pixels than k)."""
+    p, h, w = weights.shape
+    k = max(1, int(-(-fraction * h * w // 1)))
+    nonzero = weights.reshape(p, h * w) > 0
+    noise = jax.random.gumbel(rng, (p, h * w))
+    scores = jnp.where(nonzero, noise, -jnp.inf)
+    top, index = jax.lax.top_k(scores, k)
+    return index, jnp.isfinite(top)
