@@ -28,6 +28,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vq3d_jax import geometry as geo
 from vq3d_jax.geometry import pose_sampling
@@ -146,8 +147,16 @@ class GMPIHead:
         self.poses = poses
         self.intrinsics = geo.intrinsics_from_fov(fov_deg, self.size, self.size)
 
+        # The layouts of the training and eval plane counts, computed once on the host:
+        # constants of every compiled step instead of ops traced into each.
+        self._layouts = {n: self._layout(n) for n in {self.num_planes,
+                                                      int(model.num_planes_eval)}}
+
     def plane_layout(self, num_planes: int):
         """→ (z-depths [P], normalised depths in [0, 1] [P], half extents [P, 2])."""
+        return self._layouts.get(num_planes) or self._layout(num_planes)
+
+    def _layout(self, num_planes: int):
         depths = geo.plane_depths(self.near, self.far, num_planes)
         steps = jnp.linspace(-self.poses.truncation, self.poses.truncation, 9)
         grid = jnp.stack(jnp.meshgrid(steps * self.poses.yaw_std + self.poses.yaw_mean,
@@ -156,7 +165,8 @@ class GMPIHead:
         extents = geo.pose_range_half_extents(
             depths, self.intrinsics, self.size, self.size,
             pose_sampling.cameras_at(grid, self.poses), self.poses.reference_camera())
-        return depths, (depths - self.near) / (self.far - self.near), extents
+        layout = depths, (depths - self.near) / (self.far - self.near), extents
+        return tuple(np.asarray(a) for a in layout)
 
     def init(self, rng: jax.Array) -> dict:
         z = jnp.zeros((1, self.z_dim), jnp.float32)
