@@ -50,7 +50,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict({
         "r1_gamma": 10.0,
         "r1_every": 16,  # lazy R1 (StyleGAN2 §B)
-        "adversarial_start_step": 0,
         "style_mixing": 0.9,  # StyleGAN2's mixing probability
         "views_per_z": 4,  # GMPI: G updated on the worst of 4 views per z
     })

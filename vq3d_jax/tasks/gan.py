@@ -81,8 +81,7 @@ class Discriminator:
         def work():
             grads, metrics = self.gradients(params, reals, fakes, step, real_condition,
                                             fake_condition)
-            updates, new_opt_state = self.tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), new_opt_state, metrics
+            return (*apply_gradients(self.tx, grads, opt_state, params), metrics)
 
         def idle():
             return params, opt_state, zeros_like_outputs(work)[2]

@@ -86,8 +86,7 @@ class GANTask:
             condition_dim=16, cmap_dim=m.disc_cmap_dim, dtype=jnp.dtype(m.dtype))
         loss, o = config.loss, config.optim
         self.generator_tx, self.generator_lr = make_optimizer(o.generator, config.total_steps)
-        disc_tx, _ = make_optimizer(
-            o.discriminator, max(config.total_steps - loss.adversarial_start_step, 1))
+        disc_tx, _ = make_optimizer(o.discriminator, config.total_steps)
         self.discriminator = gan.Discriminator(DISCRIMINATOR, network, disc_tx, loss.r1_gamma,
                                                int(loss.r1_every))
         self.num_sample_images = int(config.sample.num_images)
@@ -147,7 +146,6 @@ class GANTask:
         reals, real_cameras = self.real_views(batch, view_rng)
         b = reals.shape[0]
         views = int(cfg.views_per_z)
-        active = (state.step >= cfg.adversarial_start_step).astype(jnp.float32)
         d_params = state.params[DISCRIMINATOR]
         yaw_pitch = pose_sampling.sample_yaw_pitch(camera_rng, b * views, self.poses)
         yaw_pitch = yaw_pitch.reshape(b, views, 2)
@@ -160,9 +158,8 @@ class GANTask:
             logits = self.discriminator.logits(
                 d_params, fakes.reshape((b * views,) + fakes.shape[2:]),
                 condition.reshape(b * views, 16)).reshape(b, views)
-            worst = jnp.argmin(logits, axis=1)  # the view the D finds least real
-            picked = jnp.take_along_axis(logits, worst[:, None], axis=1)[:, 0]
-            loss = active * losses.nonsaturating_generator_loss(picked)
+            # The view of each z the D finds least real.
+            loss = losses.nonsaturating_generator_loss(jnp.min(logits, axis=1))
             first = (fakes[:, 0], condition[:, 0])
             return loss, (first, ws)
 
@@ -172,9 +169,12 @@ class GANTask:
             self.generator_tx, g_grads, state.opt_state[GENERATOR], state.params[GENERATOR])
         real_condition = pose_condition(
             yaw_pitch_of(real_cameras, self.config.camera.elevation_deg), self.poses)
-        d_new, d_opt, d_metrics = self.discriminator.update(
-            d_params, state.opt_state[DISCRIMINATOR], reals, fakes, state.step, active,
-            real_condition, fake_condition)
+        # Both networks train from the first step (a GAN has no loss without its D), so
+        # the D's update is not gated.
+        d_grads, d_metrics = self.discriminator.gradients(
+            d_params, reals, fakes, state.step, real_condition, fake_condition)
+        d_new, d_opt = gan.apply_gradients(self.discriminator.tx, d_grads,
+                                           state.opt_state[DISCRIMINATOR], d_params)
         ema = self.config.ema
         beta = gan.ema_decay(state.step, self.config.global_batch_size, ema.half_life_images,
                              ema.rampup)
@@ -188,7 +188,7 @@ class GANTask:
             step=state.step + 1, params={GENERATOR: g_params, DISCRIMINATOR: d_new},
             opt_state={GENERATOR: g_opt, DISCRIMINATOR: d_opt}, model_state=model_state)
         return new_state, {
-            "loss/g": g_loss, **d_metrics, "gan/active": active,
+            "loss/g": g_loss, **d_metrics,
             "train/learning_rate": self.generator_lr(state.step),
             "train/grad_norm": optax.tree.norm(g_grads),
         }
