@@ -93,18 +93,21 @@ def from_config(config, runtime, num_examples: int):
 
 
 class ImageMetrics:
-    """Several eval-pass image metrics run as one (`begin` → `add` → `finish`)."""
+    """Several eval-pass image metrics run as one (`begin` → `add` → `finish`), the task's
+    images of each batch drawn once for all of them."""
 
     def __init__(self, metrics: list):
         self.metrics = metrics
 
     def begin(self):
         passes = [m.begin() for m in self.metrics]
+        task_images = self.metrics[0].task_images  # computed once, read by every metric
 
         class Pass:
             def add(self, state, batch):
+                images = task_images(state, batch)
                 for p in passes:
-                    p.add(state, batch)
+                    p.add_images(images, batch)
 
             def finish(self):
                 return {k: v for p in passes for k, v in p.finish().items()}
@@ -140,7 +143,7 @@ class FIDEvaluator:
         self._features = jax.jit(
             features, in_shardings=(replicated, batch, batch), out_shardings=replicated
         )
-        self._task_images = jax.jit(
+        self.task_images = jax.jit(
             task.fid_images, in_shardings=(state_shardings, batch), out_shardings=batch
         )
         self._reference = None
@@ -206,8 +209,11 @@ class _Pass:
 
     def add(self, state, global_batch: dict) -> None:
         """Accumulates one eval batch (global arrays with 'image' and 'mask')."""
+        self.add_images(self.ev.task_images(state, global_batch), global_batch)
+
+    def add_images(self, images, global_batch: dict) -> None:
+        """`add` with the task's images of the batch already computed."""
         ev = self.ev
-        images = ev._task_images(state, global_batch)
         pool, logits, mask = jax.device_get(
             ev._features(ev.params, images, global_batch["mask"]))
         self.generated.update(np.asarray(pool), np.asarray(mask))

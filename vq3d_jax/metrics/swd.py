@@ -134,7 +134,7 @@ class SWDEvaluator:
 
         self.num_images = int(num_images)
         batch = sharding_lib.batch_sharding(mesh)
-        self._task_images = jax.jit(task.fid_images, in_shardings=(state_shardings, batch),
+        self.task_images = jax.jit(task.fid_images, in_shardings=(state_shardings, batch),
                                     out_shardings=sharding_lib.replicated(mesh))
 
     def begin(self) -> _SWDPass:
@@ -149,10 +149,14 @@ class _SWDPass:
         self.count = 0
 
     def add(self, state, global_batch: dict) -> None:
+        if self.count < self.ev.num_images:
+            self.add_images(self.ev.task_images(state, global_batch), global_batch)
+
+    def add_images(self, images, global_batch: dict) -> None:
         if self.count >= self.ev.num_images:
             return
         keep = np.asarray(jax.device_get(global_batch["mask"]), bool)
-        fake = np.asarray(jax.device_get(self.ev._task_images(state, global_batch)))[keep]
+        fake = np.asarray(jax.device_get(images))[keep]
         real = np.asarray(jax.device_get(global_batch["image"]))[keep]
         self.real.append(real)
         self.fake.append(fake)
