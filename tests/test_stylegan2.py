@@ -122,9 +122,15 @@ def test_tiny_generator_shapes_styles_and_noise():
     _, features = g.apply(variables, ws, True, method=sg2.Generator.synthesis,
                           rngs={"noise": jax.random.key(2)})
     assert {r: f.shape[-1] for r, f in features.items()} == {4: 16, 8: 8, 16: 4}
-    # Noise strengths start at 0: the image does not depend on the noise draw.
+    # Noise strengths start at 0: the image does not depend on the noise draw; with a
+    # strength it does, through every layer's noise input.
     again = g.apply(variables, z, rngs={"noise": jax.random.key(3)})
     np.testing.assert_array_equal(image, again)
+    noisy = jax.tree_util.tree_map_with_path(
+        lambda path, leaf: jnp.ones_like(leaf) if "noise_strength" in str(path) else leaf,
+        nn.meta.unbox(variables))
+    draws = [g.apply(noisy, z, rngs={"noise": jax.random.key(k)}) for k in (2, 3)]
+    assert float(jnp.max(jnp.abs(draws[0] - draws[1]))) > 1e-3
     # ψ = 0 maps every z to the average w, hence to one image.
     average = jnp.mean(ws[:, 0], axis=0)
     same = g.apply(variables, z, psi=0.0, w_average=average, rngs={"noise": jax.random.key(2)})
