@@ -244,7 +244,7 @@ def test_a_task_scored_by_fid_alone_evaluates_with_fid_and_says_so_without(tmp_p
     writer = MetricWriter(str(tmp_path), enabled=False)
     results = run_eval(rt, init_state(rt), batches, writer, 0, fid=_CountingFID())
     assert results == {"eval/fid": 10.0}
-    with pytest.raises(ValueError, match="FID alone.*inception_weights"):
+    with pytest.raises(ValueError, match="FID/SWD alone.*inception_weights"):
         run_eval(rt, init_state(rt), batches, writer, 0)
 
 

@@ -193,7 +193,7 @@ def train(rt: Runtime, workdir: str, train_iter, make_eval_iter: Callable | None
           fid=None):
     """Trains to `config.total_steps`, resuming from `workdir` when it has checkpoints.
 
-    `fid`: an optional `FIDEvaluator` that every eval also runs.
+    `fid`: optional image metrics (`metrics.evaluator.from_config`) every eval also runs.
     """
     config, task = rt.config, rt.task
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
@@ -209,12 +209,13 @@ def train(rt: Runtime, workdir: str, train_iter, make_eval_iter: Callable | None
     else:
         logging.info("Training from step %d to %d.", step, config.total_steps)
     train_step = compile_train_step(rt)
-    # A task scored by FID alone has nothing to evaluate while FID is off: said once.
+    # A task scored by image metrics alone has nothing to evaluate without them: said once.
     evaluates = make_eval_iter is not None and (isinstance(task, PerExampleMetrics)
                                                 or fid is not None)
     if make_eval_iter is not None and not evaluates:
-        logging.warning("No evaluation during training: %s is scored by FID alone and FID "
-                        "is off (eval.fid.inception_weights).", type(task).__name__)
+        logging.warning("No evaluation during training: %s is scored by FID/SWD alone and "
+                        "both are off (eval.fid.inception_weights, eval.swd.num_images).",
+                        type(task).__name__)
     preemption = PreemptionWatch().install()
     progress = Progress(
         total_steps=config.total_steps,
@@ -301,17 +302,17 @@ def run_eval(rt: Runtime, state, eval_batches, writer: MetricWriter, step: int,
              fid=None) -> dict:
     """Masked means of the task's per-example metrics over a whole split.
 
-    `fid`: a `metrics.evaluator.FIDEvaluator`, or None; with one, the same pass
-    also scores the task's `fid_images` (FID, KID, IS). A task without per-example
-    metrics (`PerExampleMetrics`) is scored by FID alone.
+    `fid`: the image metrics of `metrics.evaluator.from_config` (FID/KID/IS, SWD), or
+    None; with them, the same pass also scores the task's `fid_images`. A task without
+    per-example metrics (`PerExampleMetrics`) is scored by those alone.
     """
     task = rt.task
     per_example = isinstance(task, PerExampleMetrics)
     if not per_example and fid is None:
         raise ValueError(
-            f"{type(task).__name__} is scored by FID alone (it has no per-example metrics) "
-            "and FID is off: set --config.eval.fid.inception_weights (README: FID, KID "
-            "and LPIPS)."
+            f"{type(task).__name__} is scored by FID/SWD alone (it has no per-example "
+            "metrics) and both are off: set --config.eval.fid.inception_weights (README: "
+            "FID, KID and LPIPS) or --config.eval.swd.num_images."
         )
     eval_fn = rt.compiled("eval", _masked_eval_sums(task)) if per_example else None
     totals: dict[str, float] = {}
