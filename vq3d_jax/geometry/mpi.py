@@ -42,6 +42,8 @@ Pure ``jax.numpy``, computed in float32 at least.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -250,14 +252,17 @@ def render_mpi(rgba, depths, half_extents, reference_cam_to_world, intrinsics, c
 
 
 def alpha_guided_pixels(rng: jax.Array, weights: jax.Array, fraction: float):
-    """GMNR's α-guided sampling (arXiv 2304.01172, α-VdR): per plane, pixels whose
-    compositing weight is non-zero, ⌈fraction·h·w⌉ of them drawn uniformly without
-    replacement among those (Gumbel top-k on a mask) → (flat pixel indices [P, k], valid
-    [P, k]: False where a plane has fewer non-zero pixels than k)."""
+    """GMNR's α-guided sampling (arXiv 2304.01172, α-VdR): per plane, ⌈fraction·n⌉ of
+    its n pixels with non-zero compositing weight, drawn uniformly without replacement
+    (Gumbel top-k on a mask; [choice] GMNR's code draws with replacement).
+
+    Static shapes: a budget of k = ⌈fraction·h·w⌉ slots per plane, of which the first
+    ⌈fraction·n⌉ are used. Returns (flat pixel indices [P, k], valid [P, k]).
+    """
     p, h, w = weights.shape
-    k = max(1, int(-(-fraction * h * w // 1)))
+    k = max(1, math.ceil(fraction * h * w))
     nonzero = weights.reshape(p, h * w) > 0
     noise = jax.random.gumbel(rng, (p, h * w))
-    scores = jnp.where(nonzero, noise, -jnp.inf)
-    top, index = jax.lax.top_k(scores, k)
-    return index, jnp.isfinite(top)
+    _, index = jax.lax.top_k(jnp.where(nonzero, noise, -jnp.inf), k)
+    wanted = jnp.ceil(fraction * jnp.sum(nonzero, axis=1, dtype=jnp.float32))
+    return index, jnp.arange(k)[None, :] < wanted[:, None]
