@@ -86,6 +86,17 @@ def resize_crop(array: np.ndarray, geometry, size: int, resample: int) -> np.nda
     return array[top : top + size, left : left + size]
 
 
+def crop_intrinsics(intrinsics: np.ndarray, height: int, width: int,
+                    geometry) -> np.ndarray:
+    """Intrinsics of a [height, width] image → those of its `resize_crop` by `geometry`."""
+    new_w, new_h, left, top = geometry
+    # Continuous pixel coordinates (origin at the corner) map as u' = u*sx - left.
+    affine = np.array(
+        [[new_w / width, 0.0, -left], [0.0, new_h / height, -top], [0.0, 0.0, 1.0]],
+        np.float32)
+    return affine @ np.asarray(intrinsics, np.float32)
+
+
 def _view(image, depth, intrinsics, cam_to_world, *, size: int, flip: bool) -> dict:
     """Decode, resize/crop and optionally flip one view; intrinsics follow the pixels.
 
@@ -108,12 +119,7 @@ def _view(image, depth, intrinsics, cam_to_world, *, size: int, flip: bool) -> d
             raise BadRecordError(
                 f"intrinsics {k.shape} / cam_to_world {c2w.shape} are not 3x3 / 4x4"
             )
-        new_w, new_h, left, top = geometry
-        # Continuous pixel coordinates (origin at the corner) map as u' = u*sx - left.
-        affine = np.array(
-            [[new_w / w, 0.0, -left], [0.0, new_h / h, -top], [0.0, 0.0, 1.0]], np.float32
-        )
-        out["intrinsics"] = affine @ k
+        out["intrinsics"] = crop_intrinsics(k, h, w, geometry)
         out["cam_to_world"] = c2w
     if flip:
         out["image"] = out["image"][:, ::-1]
@@ -135,8 +141,9 @@ def preprocess(record: dict, opts: Options, flip: bool = False) -> dict:
     """
     size = opts.image_size
     with_depth = opts.with_depth and "depth" in record
-    # Synthetic scenes carry a camera with their depth; pseudo-GT depth datasets do not.
-    with_cam = with_depth and "intrinsics" in record and "cam_to_world" in record
+    # The synthetic scenes and EG3D-format datasets carry cameras; pseudo-GT depth
+    # datasets do not.
+    with_cam = "intrinsics" in record and "cam_to_world" in record
     main = _view(
         record["image"],
         record["depth"] if with_depth else None,
