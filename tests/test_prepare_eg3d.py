@@ -67,7 +67,8 @@ def _build(source, data_dir, name) -> dict:
 def _records(name, data_dir, split, n):
     data = ml_collections.ConfigDict({"name": name, "data_dir": str(data_dir),
                                       "image_size": SIZE, "worker_count": 0,
-                                      "with_depth": False, "with_novel_views": False})
+                                      "with_depth": False, "with_cameras": True,
+                                      "with_novel_views": False})
     (batch,) = pipeline.create_eval_iterator(data, split=split, global_batch_size=n,
                                              process_index=0, process_count=1)
     return batch

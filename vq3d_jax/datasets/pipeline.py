@@ -24,9 +24,10 @@ Images are read as encoded bytes (TFDS image decoding skipped) and decoded with 
 ``image`` uint8 [S, S, 3], ``label`` int32 (0 when the dataset has none); with
 ``with_depth``, when the dataset has depth: ``depth`` float32 [S, S] (camera z-depth,
 +inf = background; for pseudo-GT datasets from ``data/prepare_depth.py`` the reciprocal
-of a monocular disparity, known up to scale and shift), and when it also has cameras
-(the synthetic scenes): ``intrinsics`` [3, 3] (pixels, for the output size),
-``cam_to_world`` [4, 4] (OpenCV frame); with ``with_novel_views``: ``novel_image``
+of a monocular disparity, known up to scale and shift); with ``with_cameras`` (default:
+``with_depth``), when the dataset has cameras (the synthetic scenes, EG3D-format
+datasets): ``intrinsics`` [3, 3] (pixels, for the output size), ``cam_to_world``
+[4, 4] (OpenCV frame); with ``with_novel_views``: ``novel_image``
 [K, S, S, 3], ``novel_depth`` [K, S, S], ``novel_intrinsics`` [K, 3, 3],
 ``novel_cam_to_world`` [K, 4, 4], ``novel_yaw_pitch`` [K, 2] (radians).
 

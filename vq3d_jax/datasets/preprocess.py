@@ -41,6 +41,7 @@ class Options:
     with_depth: bool
     with_novel_views: bool
     random_flip: bool
+    with_cameras: bool = False
 
 
 def options(data: Any, *, train: bool) -> Options:
@@ -50,6 +51,8 @@ def options(data: Any, *, train: bool) -> Options:
         with_depth=bool(setting(data, "with_depth", True)),
         with_novel_views=bool(setting(data, "with_novel_views", False)),
         random_flip=train and bool(setting(data, "random_flip", False)),
+        # Cameras come with depth unless a config asks for them alone (the GANs).
+        with_cameras=bool(setting(data, "with_cameras", setting(data, "with_depth", True))),
     )
 
 
@@ -143,7 +146,7 @@ def preprocess(record: dict, opts: Options, flip: bool = False) -> dict:
     with_depth = opts.with_depth and "depth" in record
     # The synthetic scenes and EG3D-format datasets carry cameras; pseudo-GT depth
     # datasets do not.
-    with_cam = "intrinsics" in record and "cam_to_world" in record
+    with_cam = opts.with_cameras and "intrinsics" in record and "cam_to_world" in record
     main = _view(
         record["image"],
         record["depth"] if with_depth else None,
