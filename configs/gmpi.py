@@ -1,7 +1,8 @@
 """GMPI (Zhao et al., arXiv 2207.10642): StyleGAN2 + depth-conditioned alpha planes,
 rendered as a multiplane image, against a pose-conditioned discriminator.
 
-Presets: tiny (CPU, synthetic scenes at 32², minutes). Usage:
+Presets: tiny (CPU, synthetic scenes at 32², minutes); ffhq256, afhq256, ffhq1024 (GMPI's
+settings, on EG3D-format datasets built by data/prepare_eg3d.py: data/README.md). Usage:
   --config=configs/gmpi.py:tiny
 Every value the paper does not publish is tagged [choice].
 """
@@ -10,7 +11,7 @@ import ml_collections
 
 from configs import common
 
-PRESETS = ("tiny",)
+PRESETS = ("tiny", "ffhq256", "afhq256", "ffhq1024")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -39,6 +40,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "disc_mbstd_group_size": 4,
         "disc_cmap_dim": 16,  # pose → 16-d projection (GMPI's D)
         "dtype": "float32",
+        # GMNR's α-guided view-dependent colour (configs/gmnr.py): the fraction of each
+        # plane's visible pixels refined per training view, 0 = off (GMPI).
+        "view_dependence": {"fraction": 0.0, "position_width": 784, "view_width": 64},
     })
     # Training poses: yaw/pitch truncated Gaussians on a sphere about the object, looking
     # at its centre (FFHQ: σ 0.289 / 0.127 rad, 2σ, FOV 12.6°, radius 1). `elevation_deg`:
@@ -52,6 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "r1_every": 16,  # lazy R1 (StyleGAN2 §B)
         "style_mixing": 0.9,  # StyleGAN2's mixing probability
         "views_per_z": 4,  # GMPI: G updated on the worst of 4 views per z
+        "view_consistency": 0.0,  # GMNR's mirrored-view loss weight (configs/gmnr.py)
     })
     # Adam lr 0.002, β (0, 0.9), gradient clip 10 (GMPI's recipe); no decay or warm-up.
     block = {"learning_rate": 0.002, "warmup_steps": 0, "decay": "constant", "b1": 0.0,
@@ -60,9 +65,38 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                          "discriminator": dict(block)})
     # [choice] GMPI's per-step EMA 0.999 at batch 32: a half-life of ~22k images.
     c.ema = ml_collections.ConfigDict({"half_life_images": 22_000, "rampup": 0.05})
+    # `sample` writes 16-frame orbits; `--mode=render` videos of render_frames.
     c.sample = ml_collections.ConfigDict({"num_images": 8, "seed": 0, "psi": 0.7,
-                                          "orbit_frames": 16})
-    c.data.update(with_depth=True)  # the synthetic scenes' cameras come with their depth
+                                          "orbit_frames": 16, "render_frames": 48})
+    # FID/KID/SWD of one sample per eval image at a pose drawn from the training
+    # distribution ('sampled': novel views), or at the mean pose ('canonical').
+    c.eval.pose = "sampled"
+    c.data.with_cameras = True  # the real images' poses condition the discriminator
+    if preset in ("ffhq256", "afhq256", "ffhq1024"):
+        # [choice] From scratch: GMPI fine-tunes a pretrained StyleGAN2 for a few thousand
+        # steps; this library cannot import StyleGAN2 weights yet, so its presets train
+        # the whole generator, for StyleGAN2's order of images (6.4M at batch 32).
+        c.total_steps = 200_000
+        c.global_batch_size = 32
+        c.log_every = 100
+        c.checkpoint_every = 2000
+        c.eval_every = 20_000
+        c.sample_every = 5000
+        # GAN FID is against the training images; x-flips mirror the cameras too.
+        c.data.update(name=preset, image_size=256, random_flip=True, eval_split="train")
+        c.eval.update(num_examples=10_000, global_batch_size=64)  # [choice] FID-10k
+        c.eval.swd.num_images = 10_000
+    if preset == "afhq256":
+        # GMPI's AFHQ cats: planes 2.55–2.80, yaw/pitch σ 0.19/0.15 rad at 3σ, FOV 13.39°,
+        # radius 2.7.
+        c.model.update(near=2.55, far=2.80)
+        c.camera.update(yaw_std=0.19, pitch_std=0.15, truncation=3.0, radius=2.7,
+                        fov_deg=13.39)
+    if preset == "ffhq1024":
+        # GMPI's 1024² generator: alphas at ≤ 256² upsampled by the skip path.
+        c.data.image_size = 1024
+        c.model.resolution = 1024
+        c.global_batch_size = 16  # [choice] half the 256² batch for memory
     if preset == "tiny":
         # The synthetic scenes at 32²: cameras ~6 units from the scene centre, yaw
         # U(±10°), elevation 18 ± 3° (datasets/scenes.py). [choice] Every training scene's

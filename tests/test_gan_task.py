@@ -1,10 +1,10 @@
-"""The 3D GAN task (task='gan', GMPI head): poses, and the sharded step."""
+"""The 3D GAN task (task='gan', GMPI/GMNR head): poses, the sharded step, render mode."""
 
 import jax
 import numpy as np
 from conftest import override
 
-from configs import gmpi
+from configs import gmnr
 from vq3d_jax.datasets import cameras_np
 from vq3d_jax.geometry import pose_sampling
 from vq3d_jax.tasks import get_task
@@ -45,8 +45,9 @@ def test_dataset_camera_angles_and_pose_conditions_agree_with_the_pose_sphere():
 
 
 def test_sharded_gan_step_equals_unsharded():
-    """One GMPI step (2 views per z, a real view drawn per scene, R1 due at step 0) on
-    data=2 × fsdp=4 simulated devices equals the same step on one device."""
+    """One GMNR step (GMPI's head with α-guided view-dependent colour and the mirrored
+    view's consistency loss; 2 views per z, a real view drawn per scene, R1 due at step
+    0) on data=2 × fsdp=4 simulated devices equals the same step on one device."""
     rng = np.random.default_rng(0)
     batch = {
         "image": rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8),
@@ -60,7 +61,7 @@ def test_sharded_gan_step_equals_unsharded():
     results = []
     for devices, mesh in ((jax.devices()[:1], dict(data=1, fsdp=1)),
                           (None, dict(data=2, fsdp=4))):
-        config = override(gmpi.get_config("tiny"), SMALL)
+        config = override(gmnr.get_config("tiny"), SMALL)
         config.mesh.update(mesh)
         rt = loop.build_runtime(get_task(config), config, devices=devices)
         state = loop.init_state(rt)
@@ -69,12 +70,20 @@ def test_sharded_gan_step_equals_unsharded():
             state, metrics = step(state, sharding.global_batch(batch, rt.mesh))
         results.append((jax.device_get(state.params), jax.device_get(metrics)))
     (params_1, metrics_1), (params_8, metrics_8) = results
-    for key in ("loss/g", "loss/d", "loss/r1"):
+    for key in ("loss/g", "loss/d", "loss/r1", "loss/view_consistency"):
         np.testing.assert_allclose(metrics_8[key], metrics_1[key], rtol=1e-4, atol=1e-6)
-    assert float(metrics_1["loss/r1"]) > 0.0
+    assert float(metrics_1["loss/r1"]) > 0.0 and float(metrics_1["loss/view_consistency"]) > 0
+    # Adam's first step moves each weight by lr·g/(|g| + ε): where |g| is near ε (1e-8)
+    # the reduction order's float noise in g shows in the step. All but a handful of
+    # weights must agree closely, and none by more than one step (lr = 0.002).
     flat_8 = dict(jax.tree_util.tree_leaves_with_path(params_8))
+    off = total = 0
     for path, value in jax.tree_util.tree_leaves_with_path(params_1):
-        np.testing.assert_allclose(flat_8[path], value, rtol=1e-3, atol=1e-5, err_msg=str(path))
+        diff = np.abs(flat_8[path] - value)
+        assert diff.max() <= 0.002, str(path)
+        off += int(np.sum(diff > 1e-5 + 1e-3 * np.abs(value)))
+        total += diff.size
+    assert off <= 1e-4 * total, (off, total)
 
 
 def test_masked_psnr_closed_form():
@@ -88,3 +97,26 @@ def test_masked_psnr_closed_form():
     got = np.asarray(losses.masked_psnr(pred, target, mask))
     np.testing.assert_allclose(got[0], 10 * np.log10(4.0 / (3 * 0.25 / 9)), rtol=1e-5)
     assert np.isnan(got[1])  # nothing visible
+
+
+def test_render_mode_writes_each_seed_with_its_depth_beside_the_orbit(tmp_path):
+    from vq3d_jax import render_mode
+
+    config = override(gmnr.get_config("tiny"), {**SMALL, "sample.render_frames": 5,
+                                                 "eval.global_batch_size": 2})
+    rt = loop.build_runtime(get_task(config), config, devices=jax.devices()[:1])
+    state = loop.init_state(rt)
+    written = render_mode.render_seeds(rt, state, [3, 0, 7], str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"seed_{n:04d}_{kind}" for n in (0, 3, 7)
+        for kind in ("image.png", "depth.png", "orbit.gif"))
+    assert len(written) == 9
+    from PIL import Image
+
+    with Image.open(tmp_path / "seed_0003_orbit.gif") as gif:
+        assert gif.n_frames == 5 and gif.size == (16, 8)  # the frame ‖ its depth
+    # A seed is its sample: the same picture alone or in another batch.
+    render_mode.render_seeds(rt, state, [3], str(tmp_path / "again"))
+    for name in ("seed_0003_image.png", "seed_0003_depth.png"):
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / name)),
+                                      np.asarray(Image.open(tmp_path / "again" / name)))

@@ -9,7 +9,9 @@ with --config.data.codes_dir.
 
 --mode=render (NeRF decoders) writes, per image of --images (a folder) or of the
 eval split, a reconstruction, a colour-mapped depth map, an orbit video and,
-with --mesh, a .ply mesh, under --output_dir (default WORKDIR/render/<step>).
+with --mesh, a .ply mesh, under --output_dir (default WORKDIR/render/<step>). For a
+generator (the GAN heads) it renders --seeds (default 0..--num_images-1): per seed the
+sample, its depth map and an orbit video with the depth beside it.
 
 Running the same command again with the same workdir resumes from the latest
 checkpoint. Cluster launchers (launch/) add --distributed.
@@ -33,7 +35,9 @@ _MODE = flags.DEFINE_enum(
 _IMAGES = flags.DEFINE_string(
     "images", None, "--mode=render: a folder of PNG/JPEG images (default: the eval split)."
 )
-_NUM_IMAGES = flags.DEFINE_integer("num_images", 8, "--mode=render: images of the eval split.")
+_NUM_IMAGES = flags.DEFINE_integer(
+    "num_images", 8, "--mode=render: images of the eval split (a generator: seeds 0..N-1).")
+_SEEDS = flags.DEFINE_string("seeds", "", "--mode=render, generators: e.g. 0,5,12.")
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "--mode=render / codes: where files go (default under --workdir)."
 )
@@ -157,8 +161,18 @@ def main(argv) -> None:
 
 def _render(runtime, state, step: int, workdir: str) -> None:
     from vq3d_jax import render_mode
+    from vq3d_jax.train.task import RendersSamples
 
     config = runtime.config
+    out_dir = _OUTPUT_DIR.value or os.path.join(workdir, "render", str(step))
+    if isinstance(runtime.task, RendersSamples):
+        try:
+            seeds = ([int(s) for s in _SEEDS.value.split(",") if s.strip()] if _SEEDS.value
+                     else list(range(_NUM_IMAGES.value)))
+        except ValueError:
+            sys.exit(f"FATAL: --seeds={_SEEDS.value!r}: comma-separated integers, e.g. 0,5,12.")
+        render_mode.render_seeds(runtime, state, seeds, out_dir, video_ext="." + _VIDEO.value)
+        return
     if _IMAGES.value:
         names, images, _ = render_mode.load_folder(_IMAGES.value, config.data.image_size)
     else:
@@ -169,7 +183,6 @@ def _render(runtime, state, step: int, workdir: str) -> None:
     mesh = None
     if _MESH.value:
         mesh = render_mode.MeshOptions(_MESH_RESOLUTION.value, _MESH_LEVEL.value)
-    out_dir = _OUTPUT_DIR.value or os.path.join(workdir, "render", str(step))
     render_mode.render(runtime, state, names, images, out_dir, video_ext="." + _VIDEO.value,
                        mesh=mesh)
 

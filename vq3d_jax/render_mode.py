@@ -1,9 +1,12 @@
-"""`--mode=render`: one image in, a 3D scene out, for each image of a folder or TFDS split.
+"""`--mode=render`: one image in, a 3D scene out, for each image of a folder or TFDS split
+(`render`); for a generator, one seed in, a sample seen along an orbit out (`render_seeds`).
 
 Per image it writes `<name>_reconstruction.png`, `<name>_depth.png` (colour-mapped
 disparity, near = bright), `<name>_orbit.gif` (or .mp4) and, with a mesh level,
 `<name>.ply`: marching cubes on the density sampled over the uncontracted cube
-|x| ≤ 1/scene_scale (the part of the scene the tri-planes resolve finely).
+|x| ≤ 1/scene_scale (the part of the scene the tri-planes resolve finely). Per seed:
+`seed_<n>_image.png`, `seed_<n>_depth.png` and `seed_<n>_orbit.gif` (or .mp4), the
+orbit's depth beside each frame.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from vq3d_jax import visualize
 from vq3d_jax.datasets import pipeline, preprocess
 from vq3d_jax.train import loop
 from vq3d_jax.train import sharding as sharding_lib
-from vq3d_jax.train.task import HasDensity, RendersScenes
+from vq3d_jax.train.task import HasDensity, RendersSamples, RendersScenes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -75,6 +78,21 @@ def _batches(images: np.ndarray, batch_size: int):
         yield np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)]), len(chunk)
 
 
+def _single_process() -> None:
+    if jax.process_count() > 1:
+        # Every output is read and written by one host; a few pictures need no pod.
+        raise ValueError("--mode=render runs in one process; launch it without --distributed.")
+
+
+def _write_views(base: str, image, depth, orbit, video_ext: str, first: str) -> list[str]:
+    """`<base>_<first>.png`, `<base>_depth.png`, `<base>_orbit<video_ext>` → their paths."""
+    paths = [f"{base}_{first}.png", base + "_depth.png", base + "_orbit" + video_ext]
+    Image.fromarray(image).save(paths[0])
+    Image.fromarray(depth).save(paths[1])
+    visualize.write_video(paths[2], orbit)
+    return paths
+
+
 def render(rt: loop.Runtime, state, names, images, out_dir: str, *, video_ext: str = ".gif",
            mesh: MeshOptions | None = None) -> list[str]:
     task = rt.task
@@ -83,9 +101,7 @@ def render(rt: loop.Runtime, state, names, images, out_dir: str, *, video_ext: s
                          "stage 1 does, with model.decoder='nerf').")
     if mesh is not None and not isinstance(task, HasDensity):
         raise ValueError(f"--mesh: {type(task).__name__} has no density field to mesh.")
-    if jax.process_count() > 1:
-        # Every image is read and written by one host; a few images need no pod.
-        raise ValueError("--mode=render runs in one process; launch it without --distributed.")
+    _single_process()
     os.makedirs(out_dir, exist_ok=True)
     views = rt.compiled("render", task.render_outputs)
     if mesh is not None:
@@ -106,11 +122,9 @@ def render(rt: loop.Runtime, state, names, images, out_dir: str, *, video_ext: s
                     {"image": batch, "points": grid}, rt.mesh)))
             for i in range(count):
                 base = os.path.join(out_dir, names[index])
-                Image.fromarray(outputs["reconstruction"][i]).save(base + "_reconstruction.png")
-                Image.fromarray(outputs["depth"][i]).save(base + "_depth.png")
-                visualize.write_video(base + "_orbit" + video_ext, outputs["orbit"][i])
-                written += [base + s for s in ("_reconstruction.png", "_depth.png",
-                                               "_orbit" + video_ext)]
+                written += _write_views(base, outputs["reconstruction"][i],
+                                        outputs["depth"][i], outputs["orbit"][i], video_ext,
+                                        "reconstruction")
                 if fields is not None:
                     try:
                         written.append(_write_mesh(base + ".ply", fields, i, bounds, mesh))
@@ -121,6 +135,31 @@ def render(rt: loop.Runtime, state, names, images, out_dir: str, *, video_ext: s
             logging.info("rendered %d/%d images into %s", index, len(images), out_dir)
     if meshes_skipped:
         logging.warning("%d of %d meshes skipped (see --mesh_level).", meshes_skipped, index)
+    return written
+
+
+def render_seeds(rt: loop.Runtime, state, seeds, out_dir: str, *,
+                 video_ext: str = ".gif") -> list[str]:
+    """A generator's samples of `seeds` (its `sample.seed` stream, as `--mode=sample`)."""
+    task = rt.task
+    if not isinstance(task, RendersSamples):
+        raise ValueError(f"--mode=render --seeds: {type(task).__name__} is not a generator "
+                         "of scenes (the GAN heads are).")
+    _single_process()
+    os.makedirs(out_dir, exist_ok=True)
+    views = rt.compiled("render_samples", task.render_samples)
+    seeds = np.asarray(seeds, np.int32)
+    written, done = [], 0
+    with rt.scope():
+        for batch, count in _batches(seeds, rt.config.eval.global_batch_size):
+            outputs = jax.device_get(views(state, sharding_lib.global_batch({"index": batch},
+                                                                           rt.mesh)))
+            for i in range(count):
+                base = os.path.join(out_dir, f"seed_{int(batch[i]):04d}")
+                written += _write_views(base, outputs["image"][i], outputs["depth"][i],
+                                        outputs["orbit"][i], video_ext, "image")
+            done += count
+            logging.info("rendered %d/%d seeds into %s", done, len(seeds), out_dir)
     return written
 
 

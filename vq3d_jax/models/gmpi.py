@@ -32,6 +32,7 @@ import numpy as np
 
 from vq3d_jax import geometry as geo
 from vq3d_jax.geometry import pose_sampling
+from vq3d_jax.models.gmnr import ViewDependentColor
 from vq3d_jax.models.stylegan2 import Generator, channels_at
 from vq3d_jax.nn.partitioning import partitioned
 from vq3d_jax.nn.stylegan import EqualDense, ModulatedConv2d, lrelu, upsample2d
@@ -90,10 +91,12 @@ class GMPIGenerator(Generator):
 
     `stylegan2.Generator` with the alpha branch: ``__call__(z, depths, psi=, w_average=)``,
     ``synthesis(ws, depths)``. Any number of planes P (32 in training, 96 at inference):
-    E and ToAlpha are shared by all planes.
+    E and ToAlpha are shared by all planes. With `view_color` (GMNR), also
+    ``view_dependent_color(uv, depths, directions, w)``: the Δc of models/gmnr.py.
     """
 
     alpha_max_resolution: int = 256
+    view_color: ViewDependentColor | None = None
 
     def setup(self):
         super().setup()
@@ -123,6 +126,17 @@ class GMPIGenerator(Generator):
         alpha = alpha.at[:, -1].set(1.0)  # the background plane is opaque
         return {"rgb": (jnp.tanh(rgb) + 1.0) / 2.0, "alpha": alpha}
 
+    def view_dependent_color(self, uv, depths, directions, w) -> jax.Array:
+        return self.view_color(uv, depths, directions, w)
+
+    def initialize(self, z: jax.Array, depths: jax.Array) -> None:
+        """Touches every parameter (for ``init``): the MPI and, with GMNR, Δc."""
+        self(z, depths)
+        if self.view_color is not None:
+            n = depths.shape[0]
+            self.view_color(jnp.zeros((n, 2)), depths, jnp.zeros((n, 3)),
+                            jnp.zeros((self.w_dim,)))
+
 
 class GMPIHead:
     """GMPI as a GAN head: z → ws → MPI (`GMPIGenerator`) → images at cameras.
@@ -132,14 +146,25 @@ class GMPIHead:
     over [near, far] (any count at inference), sized by GMPI's pose-range rule
     (`geometry.pose_range_half_extents` over a yaw/pitch grid of ± truncation σ).
     Rendered images are in [−1, 1] at the MPI's resolution, depth is z-depth [B, S, S].
+
+    GMNR (arXiv 2304.01172) is this head with `model.view_dependence.fraction` > 0: in
+    training, that fraction of each plane's pixels with non-zero compositing weight in a
+    view (α-guided sampling) get the view-dependent colour change Δc before compositing;
+    at inference (``sample_fraction=1``) every such pixel does.
     """
 
     def __init__(self, model, poses, fov_deg: float):
+        view = model.get("view_dependence")
+        self.view_fraction = float(view.fraction) if view is not None else 0.0
+        view_color = None
+        if self.view_fraction > 0:
+            view_color = ViewDependentColor(position_width=int(view.position_width),
+                                            view_width=int(view.view_width))
         self.generator = GMPIGenerator(
             resolution=model.resolution, z_dim=model.z_dim, w_dim=model.w_dim,
             mapping_layers=model.mapping_layers, channel_base=model.channel_base,
             channel_max=model.channel_max, alpha_max_resolution=model.alpha_max_resolution,
-            dtype=jnp.dtype(model.dtype))
+            view_color=view_color, dtype=jnp.dtype(model.dtype))
         self.size = int(model.resolution)
         self.z_dim = int(model.z_dim)
         self.near, self.far = float(model.near), float(model.far)
@@ -171,26 +196,76 @@ class GMPIHead:
     def init(self, rng: jax.Array) -> dict:
         z = jnp.zeros((1, self.z_dim), jnp.float32)
         _, normalised, _ = self.plane_layout(self.num_planes)
-        return self.generator.init({"params": rng, "noise": rng}, z, normalised)["params"]
+        return self.generator.init({"params": rng, "noise": rng}, z, normalised,
+                                   method=GMPIGenerator.initialize)["params"]
 
     def mapping(self, params, z: jax.Array) -> jax.Array:
         return self.generator.apply({"params": params}, z, method=GMPIGenerator.mapping)
 
     def render(self, params, ws: jax.Array, cam_to_world: jax.Array, noise_rng: jax.Array,
-               num_planes: int | None = None) -> dict[str, jax.Array]:
+               num_planes: int | None = None,
+               sample_fraction: float | None = None) -> dict[str, jax.Array]:
         """ws [B, n, w_dim], cameras [B, V, 4, 4] → {'image' [B, V, S, S, 3] in [−1, 1],
-        'depth' [B, V, S, S], 'opacity' [B, V, S, S]}: V views of each sample's MPI."""
+        'depth' [B, V, S, S], 'opacity' [B, V, S, S]}: V views of each sample's MPI.
+        `sample_fraction`: GMNR's α-guided fraction (default the training one)."""
         depths, normalised, extents = self.plane_layout(num_planes or self.num_planes)
+        synthesis_rng, sampling_rng = jax.random.split(noise_rng)
         mpi = self.generator.apply({"params": params}, ws, normalised,
-                                   method=GMPIGenerator.synthesis, rngs={"noise": noise_rng})
+                                   method=GMPIGenerator.synthesis,
+                                   rngs={"noise": synthesis_rng})
         rgb = jnp.broadcast_to(mpi["rgb"][:, None], mpi["alpha"].shape[:-1] + (3,))
         rgba = jnp.concatenate([rgb, mpi["alpha"]], -1)  # [B, P, S, S, 4]
         reference = self.poses.reference_camera()
+        fraction = self.view_fraction if sample_fraction is None else sample_fraction
 
-        def view(planes, c2w):
-            return geo.render_mpi(planes, depths, extents, reference, self.intrinsics, c2w,
+        def view(planes, c2w, w, rng):
+            warped = geo.warp_mpi(planes, depths, extents, reference, self.intrinsics, c2w,
                                   self.size, self.size)
+            out = geo.composite_mpi(warped["rgb"], warped["alpha"], warped["z"])
+            if self.view_fraction > 0:
+                colors = self._view_dependent_colors(params, warped, out["weights"], c2w, w,
+                                                     normalised, rng, fraction)
+                out["color"] = jnp.sum(out["weights"][..., None] * colors, axis=0)
+            return out
 
-        views = jax.vmap(jax.vmap(view, in_axes=(None, 0)))(rgba, cam_to_world)
+        b, v = cam_to_world.shape[:2]
+        rngs = jax.random.split(sampling_rng, (b, v))
+        views = jax.vmap(jax.vmap(view, in_axes=(None, 0, None, 0)))(
+            rgba, cam_to_world, ws[:, 0], rngs)
         return {"image": views["color"] * 2.0 - 1.0, "depth": views["depth"],
                 "opacity": views["opacity"]}
+
+    def _view_dependent_colors(self, params, warped, weights, c2w, w, normalised, rng,
+                               fraction: float) -> jax.Array:
+        """GMNR's α-VdR in one view: the warped plane colours [P, S, S, 3] with
+        c' = clamp(c + Δc, 0, 1) at the α-guided pixels (all pixels of non-zero weight
+        when `fraction` ≥ 1), others unchanged."""
+        p = weights.shape[0]
+        n = self.size * self.size
+        uv = warped["uv"].reshape(p, n, 2) / self.size * 2.0 - 1.0  # plane coords [−1, 1]
+        _, directions = geo.pixel_rays(self.intrinsics, c2w, self.size, self.size)
+        reference = self.poses.reference_camera()
+        directions, _ = geo.normalize_directions(directions.reshape(n, 3) @ reference[:3, :3])
+        colors = warped["rgb"].reshape(p, n, 3)
+
+        def delta(plane_uv, plane_depth, plane_directions):
+            return self.generator.apply(
+                {"params": params}, plane_uv.reshape(-1, 2), plane_depth.reshape(-1),
+                plane_directions.reshape(-1, 3), w,
+                method=GMPIGenerator.view_dependent_color).reshape(plane_uv.shape[:-1] + (3,))
+
+        if fraction >= 1.0:
+            shifted = colors + delta(uv, jnp.broadcast_to(normalised[:, None], (p, n)),
+                                     jnp.broadcast_to(directions, (p, n, 3)))
+            refined = jnp.where(weights.reshape(p, n, 1) > 0, jnp.clip(shifted, 0.0, 1.0),
+                                colors)
+            return refined.reshape(warped["rgb"].shape)
+        index, valid = geo.alpha_guided_pixels(rng, weights, fraction)
+        k = index.shape[1]
+        picked = jnp.take_along_axis(colors, index[..., None], axis=1)
+        shifted = picked + delta(jnp.take_along_axis(uv, index[..., None], axis=1),
+                                 jnp.broadcast_to(normalised[:, None], (p, k)),
+                                 directions[index])
+        new = jnp.where(valid[..., None], jnp.clip(shifted, 0.0, 1.0), picked)
+        refined = colors.at[jnp.arange(p)[:, None], index].set(new)
+        return refined.reshape(warped["rgb"].shape)

@@ -10,6 +10,9 @@ Per step, one generator then one discriminator update (the GAN kit, tasks/gan.py
 - D: real images under their dataset poses against the rendered fakes under theirs;
   lazy R1 on the reals. Poses enter as the flattened world-to-camera matrix of the camera
   at that (yaw, pitch) on the pose sphere, reals' angles read off their cam-to-world.
+- GMNR (`loss.view_consistency` > 0): each z is also rendered at its first view's yaw
+  mirrored about the mean, warped into the first view through the first view's depth,
+  and G adds the weighted SSIM + L1 view-consistency loss (arXiv 2304.01172 §3.3).
 - model_state: the generator EMA (StyleGAN2 §B) and the tracked average w (truncation).
 
 Eval: the multi-view consistency of samples (`eval_step`), FID/KID and SWD of
@@ -43,6 +46,7 @@ from vq3d_jax.train.state import TrainState
 from vq3d_jax.visualize import colorize_depth
 
 HEADS = {"gmpi": GMPIHead}
+EVAL_POSES = ("sampled", "canonical")  # FID/KID/SWD images: novel views or the mean pose
 W_AVERAGE = "w_average"
 
 
@@ -65,7 +69,6 @@ def yaw_pitch_of(cam_to_world: jax.Array, elevation_deg: float) -> jax.Array:
 class GANTask:
     train_keys = ("image", "cam_to_world")
     eval_keys = ("image", "index")
-    fid_images_are = "samples"
 
     def __init__(self, config):
         self.config = config
@@ -90,6 +93,10 @@ class GANTask:
         self.discriminator = gan.Discriminator(DISCRIMINATOR, network, disc_tx, loss.r1_gamma,
                                                int(loss.r1_every))
         self.num_sample_images = int(config.sample.num_images)
+        self.eval_pose = config.eval.get("pose", "sampled")
+        if self.eval_pose not in EVAL_POSES:
+            raise ValueError(f"eval.pose={self.eval_pose!r}: one of {EVAL_POSES}.")
+        self.fid_images_are = f"samples (ψ = 1) at {self.eval_pose} poses"
         # The training scenes' other views as more real images, one drawn per example.
         self.extra_views = bool(config.data.get("train_on_novel_views", False))
         if self.extra_views:
@@ -151,19 +158,35 @@ class GANTask:
         yaw_pitch = yaw_pitch.reshape(b, views, 2)
         cameras = pose_sampling.cameras_at(yaw_pitch, self.poses)
 
+        consistency = float(cfg.get("view_consistency", 0.0))
+        if consistency > 0:
+            # GMNR: a second render of each z at its first view's yaw mirrored about the
+            # mean yaw, for the view-consistency loss.
+            mirrored = yaw_pitch[:, :1] * jnp.asarray([-1.0, 1.0]) + jnp.asarray(
+                [2.0 * self.poses.yaw_mean, 0.0])
+            cameras = jnp.concatenate([cameras, pose_sampling.cameras_at(mirrored,
+                                                                         self.poses)], 1)
+
         def generator_loss(g_params):
             ws = self.styles(g_params, style_rng, b)
-            fakes = self.head.render(g_params, ws, cameras, noise_rng)["image"]
+            rendered = self.head.render(g_params, ws, cameras, noise_rng)
+            fakes = rendered["image"][:, :views]
             condition = pose_condition(yaw_pitch, self.poses)
             logits = self.discriminator.logits(
                 d_params, fakes.reshape((b * views,) + fakes.shape[2:]),
                 condition.reshape(b * views, 16)).reshape(b, views)
             # The view of each z the D finds least real.
             loss = losses.nonsaturating_generator_loss(jnp.min(logits, axis=1))
+            extra = {}
+            if consistency > 0:
+                warped, visible = self.warp_view(rendered, cameras, source=-1, target=0)
+                extra["loss/view_consistency"] = losses.view_consistency_loss(
+                    (rendered["image"][:, 0] + 1.0) / 2.0, (warped + 1.0) / 2.0, visible)
+                loss = loss + consistency * extra["loss/view_consistency"]
             first = (fakes[:, 0], condition[:, 0])
-            return loss, (first, ws)
+            return loss, (first, ws, extra)
 
-        (g_loss, ((fakes, fake_condition), ws)), g_grads = jax.value_and_grad(
+        (g_loss, ((fakes, fake_condition), ws, extra)), g_grads = jax.value_and_grad(
             generator_loss, has_aux=True)(state.params[GENERATOR])
         g_params, g_opt = gan.apply_gradients(
             self.generator_tx, g_grads, state.opt_state[GENERATOR], state.params[GENERATOR])
@@ -188,7 +211,7 @@ class GANTask:
             step=state.step + 1, params={GENERATOR: g_params, DISCRIMINATOR: d_new},
             opt_state={GENERATOR: g_opt, DISCRIMINATOR: d_opt}, model_state=model_state)
         return new_state, {
-            "loss/g": g_loss, **d_metrics,
+            "loss/g": g_loss, **extra, **d_metrics,
             "train/learning_rate": self.generator_lr(state.step),
             "train/grad_norm": optax.tree.norm(g_grads),
         }
@@ -202,7 +225,8 @@ class GANTask:
         z = jax.vmap(lambda k: jax.random.normal(k, (self.head.z_dim,)))(keys)
         ws = stylegan2.truncate(self.head.mapping(g, z), state.model_state[W_AVERAGE], psi)
         return self.head.render(g, ws, cameras, jax.random.key(0),
-                                num_planes=int(self.config.model.num_planes_eval))
+                                num_planes=int(self.config.model.num_planes_eval),
+                                sample_fraction=1.0)
 
     def eval_step(self, state, batch):
         """Multi-view consistency of each sample (one per eval index, ψ = 1): rendered at
@@ -215,43 +239,69 @@ class GANTask:
         angles = jnp.asarray([[0.0, 0.0], [edge, 0.0]], jnp.float32)
         cameras = jnp.broadcast_to(pose_sampling.cameras_at(angles, self.poses), (b, 2, 4, 4))
         out = self.generate(state, batch["index"], cameras, 1.0)
-        depth = out["depth"][:, 1] / jnp.maximum(out["opacity"][:, 1], 1e-6)
-        k = self.head.intrinsics
-
-        def warp(source, target_depth, source_c2w, target_c2w):
-            return geo.backward_warp(source, k, source_c2w, target_depth, k, target_c2w)
-
-        warped, visible = jax.vmap(warp)(out["image"][:, 0], depth, cameras[:, 0],
-                                         cameras[:, 1])
+        warped, visible = self.warp_view(out, cameras, source=0, target=1)
         return {"multiview_psnr": losses.masked_psnr(warped, out["image"][:, 1], visible)}
 
+    def warp_view(self, rendered, cameras, source: int, target: int):
+        """View `source` of each render ({'image', 'depth', 'opacity'} [B, V, ...]) seen
+        from view `target`'s camera through the target's rendered depth
+        (`geometry.backward_warp`: intrinsics and perspective divide) → (image
+        [B, S, S, 3], visible [B, S, S])."""
+        depth = rendered["depth"][:, target] / jnp.maximum(rendered["opacity"][:, target],
+                                                           1e-6)
+        k = self.head.intrinsics
+
+        def warp(image, target_depth, source_c2w, target_c2w):
+            return geo.backward_warp(image, k, source_c2w, target_depth, k, target_c2w)
+
+        return jax.vmap(warp)(rendered["image"][:, source], depth, cameras[:, source],
+                              cameras[:, target])
+
     def fid_images(self, state, batch):
-        """One sample per eval image, at a pose drawn from the training distribution."""
+        """One sample per eval image, at a pose drawn from the training distribution
+        (`eval.pose` 'sampled': novel views) or at the mean pose ('canonical')."""
         index = batch["index"]
-        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(1), index)
-        yaw_pitch = jax.vmap(lambda k: pose_sampling.sample_yaw_pitch(k, 1, self.poses))(keys)
+        if self.eval_pose == "canonical":
+            yaw_pitch = jnp.zeros((index.shape[0], 1, 2), jnp.float32)
+        else:
+            keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(1), index)
+            yaw_pitch = jax.vmap(lambda k: pose_sampling.sample_yaw_pitch(k, 1, self.poses))(
+                keys)
         cameras = pose_sampling.cameras_at(yaw_pitch, self.poses)
         return images_to_uint8(self.generate(state, index, cameras, 1.0)["image"][:, 0])
+
+    def _orbit(self, state, index: jax.Array, frames: int, psi: float) -> dict:
+        """Samples `index` at the mean pose, then `frames` views sweeping yaw over ± the
+        pose range → uint8 {'image' [B, 1 + T, S, S, 3], 'depth' (colour-mapped, one
+        scale for every view: the planes' disparity range) [B, 1 + T, S, S, 3]}."""
+        yaw = self.poses.truncation * self.poses.yaw_std * np.sin(
+            2.0 * np.pi * np.arange(frames) / frames)
+        angles = jnp.asarray(np.stack([np.concatenate([[0.0], yaw]),
+                                       np.zeros(frames + 1)], -1), jnp.float32)
+        cameras = jnp.broadcast_to(pose_sampling.cameras_at(angles, self.poses),
+                                   (index.shape[0], frames + 1, 4, 4))
+        out = self.generate(state, index, cameras, psi)
+        disparity = 1.0 / jnp.maximum(out["depth"], 1e-6)
+        depth = colorize_depth(disparity, lo=1.0 / self.head.far, hi=1.0 / self.head.near)
+        return {"image": images_to_uint8(out["image"]), "depth": depth}
 
     def sample(self, state, batch):
         """ψ-truncated samples at the mean pose over their depth maps; per sample an orbit
         GIF (yaw over ± the pose range) and a depth map."""
         s = self.config.sample
         n = min(self.num_sample_images, batch["index"].shape[0])
-        frames = int(s.orbit_frames)
-        yaw = self.poses.truncation * self.poses.yaw_std * np.sin(
-            2.0 * np.pi * np.arange(frames) / frames)
-        angles = jnp.asarray(np.stack([np.concatenate([[0.0], yaw]),
-                                       np.zeros(frames + 1)], -1), jnp.float32)
-        cameras = jnp.broadcast_to(pose_sampling.cameras_at(angles, self.poses),
-                                   (n, frames + 1, 4, 4))
-        out = self.generate(state, batch["index"][:n], cameras, float(s.psi))
-        depth = colorize_depth(1.0 / jnp.maximum(out["depth"][:, 0], 1e-6))
-        image = images_to_uint8(out["image"][:, 0])
-        pictures = {"samples": image_grid([image, depth])}
-        orbit = images_to_uint8(out["image"][:, 1:])
+        out = self._orbit(state, batch["index"][:n], int(s.orbit_frames), float(s.psi))
+        depth = out["depth"][:, 0]
+        pictures = {"samples": image_grid([out["image"][:, 0], depth])}
         for i in range(n):
-            pictures[f"orbit_{i:02d}"] = orbit[i]
+            pictures[f"orbit_{i:02d}"] = out["image"][i, 1:]
             pictures[f"depth_{i:02d}"] = depth[i]
         return pictures
 
+    def render_samples(self, state, batch):
+        """`--mode=render`: per seed (batch['index']) the ψ-truncated sample at the mean
+        pose, its depth, and a `sample.render_frames` orbit with the depth beside it."""
+        s = self.config.sample
+        out = self._orbit(state, batch["index"], int(s.render_frames), float(s.psi))
+        return {"image": out["image"][:, 0], "depth": out["depth"][:, 0],
+                "orbit": jnp.concatenate([out["image"][:, 1:], out["depth"][:, 1:]], 3)}

@@ -68,6 +68,15 @@ class RendersScenes(Protocol):
 
 
 @runtime_checkable
+class RendersSamples(Protocol):
+    """`--mode=render` for generators: per seed a sample, its depth map and an orbit."""
+
+    def render_samples(self, state: Any, batch: Batch) -> dict[str, jax.Array]:
+        """batch['index'] [B] (the seeds) → {'image' [B,S,S,3], 'depth' [B,S,S,3],
+        'orbit' [B,T,S,W,3]} uint8."""
+
+
+@runtime_checkable
 class HasDensity(Protocol):
     """`--mode=render --mesh`: the field of each input image at world points."""
 
