@@ -98,3 +98,23 @@ def test_alpha_guided_view_dependence_changes_only_the_sampled_pixels():
         assert 0.8 * -(-n // 2) <= changed[plane].sum() <= -(-n // 2)
         np.testing.assert_allclose(half[plane][changed[plane]],
                                    dense[plane][changed[plane]], rtol=1e-6, atol=1e-7)
+
+
+def test_any_plane_count_renders_under_jit_and_the_background_covers_every_view():
+    """A plane count first asked for inside a jit (7: neither the training nor the eval
+    count) gets its layout on the host; at cameras across the pose range every pixel
+    hits the opaque back plane, so the opacity is 1."""
+    config = override(gmnr.get_config("tiny"), SMALL)
+    cam = config.camera
+    poses = pose_sampling.PoseDistribution(cam.yaw_std, cam.pitch_std, cam.truncation,
+                                           cam.radius, cam.radius)
+    head = GMPIHead(config.model, poses, cam.fov_deg)
+    params = head.init(jax.random.key(0))
+    edge = np.asarray([cam.yaw_std, cam.pitch_std]) * cam.truncation
+    cameras = pose_sampling.cameras_at(jnp.asarray([[0.0, 0.0], edge, -edge]), poses)[None]
+    ws = head.mapping(params, jax.random.normal(jax.random.key(1), (1, 16)))
+    render = jax.jit(lambda p, w, c: head.render(p, w, c, jax.random.key(2), num_planes=7,
+                                                 sample_fraction=1.0))
+    out = render(params, ws, cameras)
+    assert out["image"].shape == (1, 3, 8, 8, 3) and 7 in head._layouts
+    np.testing.assert_allclose(out["opacity"], 1.0, atol=1e-6)

@@ -178,10 +178,17 @@ class GMPIHead:
                                                       int(model.num_planes_eval)}}
 
     def plane_layout(self, num_planes: int):
-        """→ (z-depths [P], normalised depths in [0, 1] [P], half extents [P, 2])."""
-        return self._layouts.get(num_planes) or self._layout(num_planes)
+        """→ (z-depths [P], normalised depths in [0, 1] [P], half extents [P, 2]), host
+        constants for any plane count, also when first asked for inside a jit."""
+        if num_planes not in self._layouts:
+            self._layouts[num_planes] = self._layout(num_planes)
+        return self._layouts[num_planes]
 
     def _layout(self, num_planes: int):
+        with jax.ensure_compile_time_eval():  # evaluated now, even under a trace
+            return self._layout_arrays(num_planes)
+
+    def _layout_arrays(self, num_planes: int):
         depths = geo.plane_depths(self.near, self.far, num_planes)
         steps = jnp.linspace(-self.poses.truncation, self.poses.truncation, 9)
         grid = jnp.stack(jnp.meshgrid(steps * self.poses.yaw_std + self.poses.yaw_mean,
