@@ -91,6 +91,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             # Pictures: the orbit GIF's yaw amplitude and frame count.
             "orbit_yaw_deg": 25.0,
             "orbit_frames": 16,
+            # eval/multiview_psnr: the render at this yaw warped into the canonical view
+            # (the GAN heads' consistency figure); 0 = off (one render less per image).
+            "multiview_yaw_deg": 20.0,
         }
     )
     c.loss.update(

@@ -56,6 +56,7 @@ def make_task(config):
     return VQ3DStage1Task(config)
 
 
+
 class VQ3DStage1Task(ViTVQGANTask):
     train_keys = ("image", "depth")
     decoder_name = "nerf"
@@ -311,6 +312,10 @@ class VQ3DStage1Task(ViTVQGANTask):
             "psnr": losses.psnr(recon, images, max_val=2.0),
             "l2": jnp.mean(jnp.square(recon - images), axis=(1, 2, 3)),
         }
+        # Runs saved before the key existed had no such figure.
+        yaw = float(self.config.render.get("multiview_yaw_deg", 0.0))
+        if yaw:
+            out["multiview_psnr"] = self._multiview_psnr(state, planes, maps, yaw)
         if "depth" not in batch:
             return out
         pred_depth = 1.0 / jnp.maximum(resize_maps(maps["disparity"], self.image_size), 1e-6)
@@ -318,6 +323,27 @@ class VQ3DStage1Task(ViTVQGANTask):
         if "novel_image" in batch and "cam_to_world" in batch:
             out.update(self._novel_view_psnr(state, planes, batch, scale))
         return out
+
+    def _multiview_psnr(self, state, planes, maps, yaw_deg: float) -> jax.Array:
+        """The scene's multi-view consistency, as the GAN heads report it
+        (`render.multiview_yaw_deg`): its render at +yaw_deg about the orbit pivot warped
+        into the canonical view with the canonical render's depth
+        (`geometry.backward_warp`), PSNR (dB) against the canonical render over the
+        pixels both see. Needs no dataset cameras."""
+        b = planes.shape[0]
+        yaw = jnp.full((b,), np.deg2rad(yaw_deg), jnp.float32)
+        cameras = self.orbit_cameras(maps["disparity"], yaw, jnp.zeros_like(yaw))
+        side = self.render(self.inference_generator(state)[NERF], planes, cameras,
+                           jax.random.key(0), randomized=False)
+        disparity = maps["disparity"]
+        depth = jnp.where(disparity > 1e-6, 1.0 / jnp.maximum(disparity, 1e-6), jnp.inf)
+
+        def warp(image, target_depth, source_c2w):
+            return geo.backward_warp(image, self.intrinsics, source_c2w, target_depth,
+                                     self.intrinsics, self.cam_to_world)
+
+        warped, visible = jax.vmap(warp)(side["color"], depth, cameras)
+        return losses.masked_psnr(warped, maps["color"], visible, max_val=1.0)
 
     def _novel_view_psnr(self, state, planes, batch, scale) -> dict:
         """PSNR at the dataset's held-out cameras, re-expressed in the model's frame.
