@@ -57,6 +57,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "style_mixing": 0.9,  # StyleGAN2's mixing probability
         "views_per_z": 4,  # GMPI: G updated on the worst of 4 views per z
         "view_consistency": 0.0,  # GMNR's mirrored-view loss weight (configs/gmnr.py)
+        # GMPI's shading augmentation (geometry/shading.py): colours · (ka + kd·max(0,
+        # −n·l)), a light per sample at yaw N(0, 0.2), elevation 0.2 ± 0.05 rad above the
+        # object, ramped in over 1000 steps from step 1000 (GMNR's config: ka 0.9, kd 0.1).
+        "shading": {"enabled": False, "ka": 0.9, "kd": 0.1, "yaw_std": 0.2,
+                    "elevation": 0.2, "pitch_std": 0.05, "start_step": 1000,
+                    "ramp_steps": 1000},
     })
     # Adam lr 0.002, β (0, 0.9), gradient clip 10 (GMPI's recipe); no decay or warm-up.
     block = {"learning_rate": 0.002, "warmup_steps": 0, "decay": "constant", "b1": 0.0,
@@ -86,6 +92,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.update(name=preset, image_size=256, random_flip=True, eval_split="train")
         c.eval.update(num_examples=10_000, global_batch_size=64)  # [choice] FID-10k
         c.eval.swd.num_images = 10_000
+        c.loss.shading.enabled = True
     if preset == "afhq256":
         # GMPI's AFHQ cats: planes 2.55–2.80, yaw/pitch σ 0.19/0.15 rad at 3σ, FOV 13.39°,
         # radius 2.7.

@@ -16,6 +16,9 @@ SMALL = {
     "model.num_planes_eval": 6, "model.channel_base": 256, "model.channel_max": 16,
     "model.z_dim": 16, "model.w_dim": 16, "model.disc_channel_base": 128,
     "model.disc_channel_max": 16, "global_batch_size": 8, "loss.views_per_z": 2,
+    # GMPI's shading augmentation at full strength from step 0.
+    "loss.shading.enabled": True, "loss.shading.start_step": -1,
+    "loss.shading.ramp_steps": 1,
 }
 
 
@@ -46,8 +49,8 @@ def test_dataset_camera_angles_and_pose_conditions_agree_with_the_pose_sphere():
 
 def test_sharded_gan_step_equals_unsharded():
     """One GMNR step (GMPI's head with α-guided view-dependent colour and the mirrored
-    view's consistency loss; 2 views per z, a real view drawn per scene, R1 due at step
-    0) on data=2 × fsdp=4 simulated devices equals the same step on one device."""
+    view's consistency loss; shading on, 2 views per z, a real view drawn per scene, R1
+    due at step 0) on data=2 × fsdp=4 simulated devices equals the same step on one device."""
     rng = np.random.default_rng(0)
     batch = {
         "image": rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8),

@@ -65,20 +65,26 @@ def test_alpha_guided_view_dependence_changes_only_the_sampled_pixels():
     poses = pose_sampling.PoseDistribution(cam.yaw_std, cam.pitch_std, cam.truncation,
                                            cam.radius, cam.radius)
     head = GMPIHead(config.model, poses, cam.fov_deg)
-    params = head.init(jax.random.key(0))
+    params = jax.jit(head.init)(jax.random.key(0))
     depths, normalised, extents = head.plane_layout(4)
     rgba = jax.random.uniform(jax.random.key(1), (4, 8, 8, 4))
     rgba = rgba.at[..., 3].multiply(jnp.asarray([0.0, 1.0, 1.0, 1.0])[:, None, None])
     c2w = pose_sampling.cameras_at(jnp.asarray([0.2, -0.1]), poses)
-    warped = geo.warp_mpi(rgba, depths, extents, poses.reference_camera(), head.intrinsics,
-                          c2w, 8, 8)
-    weights = geo.composite_mpi(warped["rgb"], warped["alpha"], warped["z"])["weights"]
+
+    @jax.jit
+    def warp(rgba):
+        warped = geo.warp_mpi(rgba, depths, extents, poses.reference_camera(),
+                              head.intrinsics, c2w, 8, 8)
+        return warped, geo.composite_mpi(warped["rgb"], warped["alpha"],
+                                         warped["z"])["weights"]
+
+    warped, weights = warp(rgba)
     w = jax.random.normal(jax.random.key(2), (16,))
 
     def colours(fraction):
-        return np.asarray(head._view_dependent_colors(params, warped, weights, c2w, w,
-                                                      normalised, jax.random.key(3),
-                                                      fraction))
+        run = jax.jit(lambda p, warped, weights: head._view_dependent_colors(
+            p, warped, weights, c2w, w, normalised, jax.random.key(3), fraction))
+        return np.asarray(run(params, warped, weights))
 
     dense, original = colours(1.0), np.asarray(warped["rgb"])
     visible = np.asarray(weights) > 0
@@ -109,7 +115,7 @@ def test_any_plane_count_renders_under_jit_and_the_background_covers_every_view(
     poses = pose_sampling.PoseDistribution(cam.yaw_std, cam.pitch_std, cam.truncation,
                                            cam.radius, cam.radius)
     head = GMPIHead(config.model, poses, cam.fov_deg)
-    params = head.init(jax.random.key(0))
+    params = jax.jit(head.init)(jax.random.key(0))
     edge = np.asarray([cam.yaw_std, cam.pitch_std]) * cam.truncation
     cameras = pose_sampling.cameras_at(jnp.asarray([[0.0, 0.0], edge, -edge]), poses)[None]
     ws = head.mapping(params, jax.random.normal(jax.random.key(1), (1, 16)))

@@ -1,7 +1,8 @@
 """Pure ``jax.numpy`` geometry shared by every head: cameras, contraction, ray sampling
 (ray_sampling.py), compositing along rays (compositing.py), rendering a field through
 both (field_rendering.py), tri-plane lookup and splatting, depth-based warps, multiplane
-images (mpi.py: GMPI's plane depths, extents and renderer), training cameras
+images (mpi.py: GMPI's plane depths, extents and renderer; shading.py: its shading
+augmentation), training cameras
 (pose_sampling.py) (no Flax).
 Conventions: ``cameras`` module docstring.
 """

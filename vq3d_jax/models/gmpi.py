@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vq3d_jax import geometry as geo
-from vq3d_jax.geometry import pose_sampling
+from vq3d_jax.geometry import pose_sampling, shading
 from vq3d_jax.models.gmnr import ViewDependentColor
 from vq3d_jax.models.stylegan2 import Generator, channels_at
 from vq3d_jax.nn.partitioning import partitioned
@@ -185,8 +185,10 @@ class GMPIHead:
         return self._layouts[num_planes]
 
     def _layout(self, num_planes: int):
-        with jax.ensure_compile_time_eval():  # evaluated now, even under a trace
-            return self._layout_arrays(num_planes)
+        # Evaluated now, even under a trace; one compiled call, not ~100 eager ops.
+        with jax.ensure_compile_time_eval():
+            layout = jax.jit(self._layout_arrays, static_argnums=0)(num_planes)
+        return tuple(np.asarray(a) for a in layout)
 
     def _layout_arrays(self, num_planes: int):
         depths = geo.plane_depths(self.near, self.far, num_planes)
@@ -197,8 +199,7 @@ class GMPIHead:
         extents = geo.pose_range_half_extents(
             depths, self.intrinsics, self.size, self.size,
             pose_sampling.cameras_at(grid, self.poses), self.poses.reference_camera())
-        layout = depths, (depths - self.near) / (self.far - self.near), extents
-        return tuple(np.asarray(a) for a in layout)
+        return depths, (depths - self.near) / (self.far - self.near), extents
 
     def init(self, rng: jax.Array) -> dict:
         z = jnp.zeros((1, self.z_dim), jnp.float32)
@@ -210,17 +211,21 @@ class GMPIHead:
         return self.generator.apply({"params": params}, z, method=GMPIGenerator.mapping)
 
     def render(self, params, ws: jax.Array, cam_to_world: jax.Array, noise_rng: jax.Array,
-               num_planes: int | None = None,
-               sample_fraction: float | None = None) -> dict[str, jax.Array]:
+               num_planes: int | None = None, sample_fraction: float | None = None,
+               light: shading.Light | None = None) -> dict[str, jax.Array]:
         """ws [B, n, w_dim], cameras [B, V, 4, 4] → {'image' [B, V, S, S, 3] in [−1, 1],
         'depth' [B, V, S, S], 'opacity' [B, V, S, S]}: V views of each sample's MPI.
-        `sample_fraction`: GMNR's α-guided fraction (default the training one)."""
+        `sample_fraction`: GMNR's α-guided fraction (default the training one); `light`:
+        GMPI's shading augmentation of the MPI's colours (training only)."""
         depths, normalised, extents = self.plane_layout(num_planes or self.num_planes)
         synthesis_rng, sampling_rng = jax.random.split(noise_rng)
         mpi = self.generator.apply({"params": params}, ws, normalised,
                                    method=GMPIGenerator.synthesis,
                                    rngs={"noise": synthesis_rng})
-        rgb = jnp.broadcast_to(mpi["rgb"][:, None], mpi["alpha"].shape[:-1] + (3,))
+        rgb = mpi["rgb"]
+        if light is not None:
+            rgb = shading.shade_mpi(rgb, mpi["alpha"][..., 0], depths, extents[-1], light)
+        rgb = jnp.broadcast_to(rgb[:, None], mpi["alpha"].shape[:-1] + (3,))
         rgba = jnp.concatenate([rgb, mpi["alpha"]], -1)  # [B, P, S, S, 4]
         reference = self.poses.reference_camera()
         fraction = self.view_fraction if sample_fraction is None else sample_fraction

@@ -22,6 +22,8 @@ images over their depth maps and an orbit per sample.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,7 +31,7 @@ import optax
 
 from vq3d_jax import geometry as geo
 from vq3d_jax import losses
-from vq3d_jax.geometry import pose_sampling
+from vq3d_jax.geometry import pose_sampling, shading
 from vq3d_jax.models import stylegan2
 from vq3d_jax.models.discriminator import ResidualDiscriminator
 from vq3d_jax.models.gmpi import GMPIHead
@@ -146,10 +148,24 @@ class GANTask:
             cameras = jnp.take_along_axis(cameras, pick[:, None, None, None], 1)[:, 0]
         return images_to_float(images), cameras
 
+    def light(self, rng, step, batch_size: int) -> shading.Light | None:
+        """GMPI's shading augmentation (`loss.shading`): a light per sample on the camera
+        sphere, yaw N(0, σ_h), pitch N(μ_v, σ_v) above the object (2σ truncation),
+        shining at its centre, ramped in linearly from `start_step` over `ramp_steps`."""
+        cfg = self.config.loss.get("shading")
+        if cfg is None or not cfg.enabled:
+            return None
+        lights = dataclasses.replace(self.poses, yaw_std=cfg.yaw_std, pitch_std=cfg.pitch_std,
+                                     yaw_mean=0.0, pitch_mean=-cfg.elevation, truncation=2.0)
+        position = pose_sampling.sample_cameras(rng, batch_size, lights)[0][:, :3, 3]
+        direction, _ = geo.normalize_directions(self.poses.center() - position)
+        strength = jnp.clip((step - cfg.start_step) / max(cfg.ramp_steps, 1), 0.0, 1.0)
+        return shading.Light(direction, float(cfg.ka), float(cfg.kd), strength)
+
     def train_step(self, state: TrainState, batch):
         cfg = self.config.loss
         rng = jax.random.fold_in(state.rng, state.step)
-        style_rng, camera_rng, noise_rng, view_rng = jax.random.split(rng, 4)
+        style_rng, camera_rng, noise_rng, view_rng, light_rng = jax.random.split(rng, 5)
         reals, real_cameras = self.real_views(batch, view_rng)
         b = reals.shape[0]
         views = int(cfg.views_per_z)
@@ -167,9 +183,11 @@ class GANTask:
             cameras = jnp.concatenate([cameras, pose_sampling.cameras_at(mirrored,
                                                                          self.poses)], 1)
 
+        light = self.light(light_rng, state.step, b)
+
         def generator_loss(g_params):
             ws = self.styles(g_params, style_rng, b)
-            rendered = self.head.render(g_params, ws, cameras, noise_rng)
+            rendered = self.head.render(g_params, ws, cameras, noise_rng, light=light)
             fakes = rendered["image"][:, :views]
             condition = pose_condition(yaw_pitch, self.poses)
             logits = self.discriminator.logits(
