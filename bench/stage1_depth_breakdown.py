@@ -36,7 +36,7 @@ from vq3d_jax.tasks.common import (  # noqa: E402
     images_to_float,
     resize_maps,  # noqa: E402
 )
-from vq3d_jax.tasks.vq3d_stage1 import NERF  # noqa: E402
+from vq3d_jax.tasks.vq3d_stage1 import NERF, fixed_keys  # noqa: E402
 from vq3d_jax.train import loop  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A VQ3D stage-1 run.", required=True)
@@ -73,7 +73,8 @@ def main(_):
     def disparity(images):
         planes, _ = task.planes(g_params, images)
         cameras = jnp.broadcast_to(task.cam_to_world, (images.shape[0], 4, 4))
-        maps = task.render(g_params[NERF], planes, cameras, jax.random.key(0), randomized=False)
+        maps = task.render(g_params[NERF], planes, cameras, fixed_keys(planes.shape[0]),
+                           randomized=False)
         return resize_maps(maps["disparity"], task.image_size)
 
     rows = []

@@ -133,7 +133,8 @@ def main(argv) -> None:
     @jax.jit
     def generator_grads(state, batch):
         d_params = {k: v for k, v in state.params.items() if k != GENERATOR}
-        loss = lambda g: task.generator_loss(g, d_params, batch, jax.random.key(1), 0.0)[0]  # noqa: E731
+        keys = jax.random.split(jax.random.key(1), batch["image"].shape[0])
+        loss = lambda g: task.generator_loss(g, d_params, batch, keys, 0.0)[0]  # noqa: E731
         return jax.grad(loss)(state.params[GENERATOR])
 
     @jax.jit

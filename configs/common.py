@@ -40,6 +40,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.total_steps = 1000
     c.global_batch_size = 16
+    # Micro-batches per optimizer update (train/accumulation.py): the step computes its
+    # gradients global_batch_size / grad_accum_steps examples at a time, for a preset
+    # whose batch does not fit a smaller slice. Same update, to float rounding.
+    c.grad_accum_steps = 1
     c.log_every = 10
     c.checkpoint_every = 100
     c.keep_checkpoints = 3

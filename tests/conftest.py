@@ -115,3 +115,28 @@ def random_batch(seed=0, n=8, size=32):
     depth = rng.uniform(3.0, 9.0, (n, size, size)).astype(np.float32)
     depth[:, :4] = np.inf  # sky
     return {"image": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), "depth": depth}
+
+
+def assert_params_close_up_to_adam_noise(params, expected, max_step: float,
+                                         max_fraction_off: float = 1e-3, skip: str = ""):
+    """Parameters after a few Adam steps, computed two ways (sharded, accumulated, ...).
+
+    Adam moves each weight by lr·m/(√v + ε): where a gradient is near ε (1e-8), the float
+    noise of another reduction order shows in the step. All but `max_fraction_off` of the
+    weights must agree closely (rtol 1e-3, atol 1e-5), and none by more than `max_step`
+    (the learning rate times the steps taken). Paths containing `skip` (if set) are left
+    out.
+    """
+    import jax
+    import numpy as np
+
+    flat = dict(jax.tree_util.tree_leaves_with_path(params))
+    off = total = 0
+    for path, value in jax.tree_util.tree_leaves_with_path(expected):
+        if skip and skip in jax.tree_util.keystr(path):
+            continue
+        diff = np.abs(np.asarray(flat[path]) - np.asarray(value))
+        assert diff.max() <= max_step, (str(path), float(diff.max()))
+        off += int(np.sum(diff > 1e-5 + 1e-3 * np.abs(value)))
+        total += diff.size
+    assert off <= max_fraction_off * total, (off, total)

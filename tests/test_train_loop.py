@@ -11,13 +11,16 @@ from vq3d_jax.train import loop, sharding
 from vq3d_jax.train.checkpoint import Checkpointer, CheckpointShapeError
 
 
-def test_sharded_stage1_step_equals_unsharded():
-    """One VQ3D stage-1 step (NeRF decoder, both discriminators, depth loss) on
-    data=2 × fsdp=4 simulated devices == the same step on 1 device."""
+def test_sharded_and_accumulated_stage1_step_equals_the_plain_step():
+    """One VQ3D stage-1 step (NeRF decoder, both discriminators with R1, depth loss) on
+    data=2 × fsdp=2 simulated devices, its gradients accumulated over 2 micro-batches of
+    4, == the step on 1 device over the whole batch of 8."""
     assert jax.device_count() == 8
     results = []
-    for devices, mesh in ((jax.devices()[:1], dict(data=1, fsdp=1)), (None, dict(data=2, fsdp=4))):
+    for devices, mesh, accumulate in ((jax.devices()[:1], dict(data=1, fsdp=1), 1),
+                                      (jax.devices()[:4], dict(data=2, fsdp=2), 2)):
         config = tiny_task_config(stage1=True, **mesh)
+        config.grad_accum_steps = accumulate
         rt = loop.build_runtime(get_task(config), config, devices=devices)
         state = loop.init_state(rt)
         step = loop.compile_train_step(rt)

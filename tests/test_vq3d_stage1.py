@@ -11,7 +11,7 @@ from vq3d_jax import losses
 from vq3d_jax.geometry import disparity_from_depth
 from vq3d_jax.tasks import get_task
 from vq3d_jax.tasks.common import take_pixels
-from vq3d_jax.tasks.vq3d_stage1 import VQ3DStage1Task
+from vq3d_jax.tasks.vq3d_stage1 import VQ3DStage1Task, fixed_keys
 
 
 def _config(**extra):
@@ -185,7 +185,7 @@ def test_a_ray_subset_renders_what_the_whole_view_shows_at_those_pixels():
     task = get_task(_config(**{"render.train_rays": 40}))
     params = jax.jit(task.init_generator)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     images = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3), minval=-1.0, maxval=1.0)
-    pixels = task.train_pixels(jax.random.key(3), 2)
+    pixels = task.train_pixels(jax.random.split(jax.random.key(3), 2))
     assert pixels.shape == (2, 40)
     assert all(len(np.unique(np.asarray(p))) == 40 for p in pixels)
 
@@ -194,8 +194,8 @@ def test_a_ray_subset_renders_what_the_whole_view_shows_at_those_pixels():
         planes, _ = task.planes(params, images)
         cameras = task._canonical(2)
         kwargs = dict(randomized=False)
-        return (task.render(params["nerf"], planes, cameras, jax.random.key(2), **kwargs),
-                task.render(params["nerf"], planes, cameras, jax.random.key(2), pixels=pixels,
+        return (task.render(params["nerf"], planes, cameras, fixed_keys(2), **kwargs),
+                task.render(params["nerf"], planes, cameras, fixed_keys(2), pixels=pixels,
                             **kwargs))
 
     full, subset = full_and_subset(params, images, pixels)

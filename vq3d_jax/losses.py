@@ -207,9 +207,14 @@ def ssim(x: jax.Array, y: jax.Array, c1: float = 0.01**2, c2: float = 0.03**2) -
 def view_consistency_loss(rendered, warped, visible) -> jax.Array:
     """GMNR's view-consistency loss (arXiv 2304.01172): a second view warped into the
     first (`warped`, [B, H, W, C] in [0, 1]) against the first's render, over the `visible`
-    [B, H, W] pixels: 0.5 · mean(0.85 · (1 − SSIM)/2 + 0.15 · |·|₁)."""
+    [B, H, W] pixels: 0.5 · mean(0.85 · (1 − SSIM)/2 + 0.15 · |·|₁).
+
+    [choice] The mean is per image, then over the batch: a batch mean, which gradient
+    accumulation's micro-batches add up to (one pooled over all visible pixels of the
+    batch would weigh micro-batches by their visible areas).
+    """
     per_pixel = (0.85 * (1.0 - ssim(rendered, warped)) / 2.0
                  + 0.15 * jnp.abs(rendered.astype(jnp.float32) - warped))
     weight = visible.astype(jnp.float32)[..., None]
-    count = jnp.maximum(jnp.sum(weight) * per_pixel.shape[-1], 1.0)
-    return 0.5 * jnp.sum(per_pixel * weight) / count
+    count = jnp.maximum(jnp.sum(weight, axis=(1, 2, 3)) * per_pixel.shape[-1], 1.0)
+    return 0.5 * jnp.mean(jnp.sum(per_pixel * weight, axis=(1, 2, 3)) / count)

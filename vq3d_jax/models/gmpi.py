@@ -212,13 +212,19 @@ class GMPIHead:
 
     def render(self, params, ws: jax.Array, cam_to_world: jax.Array, noise_rng: jax.Array,
                num_planes: int | None = None, sample_fraction: float | None = None,
-               light: shading.Light | None = None) -> dict[str, jax.Array]:
+               light: shading.Light | None = None,
+               sampling_keys: jax.Array | None = None) -> dict[str, jax.Array]:
         """ws [B, n, w_dim], cameras [B, V, 4, 4] → {'image' [B, V, S, S, 3] in [−1, 1],
         'depth' [B, V, S, S], 'opacity' [B, V, S, S]}: V views of each sample's MPI.
+        `noise_rng`: the synthesis noise inputs' key; `sampling_keys` [B]: each sample's
+        key for GMNR's α-guided pixels (default: split from `noise_rng`);
         `sample_fraction`: GMNR's α-guided fraction (default the training one); `light`:
         GMPI's shading augmentation of the MPI's colours (training only)."""
         depths, normalised, extents = self.plane_layout(num_planes or self.num_planes)
         synthesis_rng, sampling_rng = jax.random.split(noise_rng)
+        b, v = cam_to_world.shape[:2]
+        if sampling_keys is None:
+            sampling_keys = jax.random.split(sampling_rng, b)
         mpi = self.generator.apply({"params": params}, ws, normalised,
                                    method=GMPIGenerator.synthesis,
                                    rngs={"noise": synthesis_rng})
@@ -240,8 +246,7 @@ class GMPIHead:
                 out["color"] = jnp.sum(out["weights"][..., None] * colors, axis=0)
             return out
 
-        b, v = cam_to_world.shape[:2]
-        rngs = jax.random.split(sampling_rng, (b, v))
+        rngs = jax.vmap(lambda k: jax.random.split(k, v))(sampling_keys)
         views = jax.vmap(jax.vmap(view, in_axes=(None, 0, None, 0)))(
             rgba, cam_to_world, ws[:, 0], rngs)
         return {"image": views["color"] * 2.0 - 1.0, "depth": views["depth"],

@@ -2,9 +2,9 @@
 EMA of the generator's weights.
 
 - `Discriminator`: one discriminator's network, optimizer and R1 settings, with the
-  generator's non-saturating loss against it and its own update (non-saturating
-  logistic loss + lazy R1, StyleGAN2 §B), both skipped entirely (`lax.cond`) before
-  the GANs start: parameters, optimizer state and its step count wait.
+  generator's non-saturating loss against it and its own gradients and update
+  (non-saturating logistic loss + lazy R1, StyleGAN2 §B), all skipped (`lax.cond`)
+  before the GANs start: parameters, optimizer state and its step count wait.
 - `ema_decay` / `update_ema`: StyleGAN2's generator EMA with ramp-up (Karras et al.
   2020, arXiv 1912.04958, §B; the half-life in images, shortened early in training).
 - `inference_generator`: the weights a task evaluates and samples with (the EMA when
@@ -71,22 +71,17 @@ class Discriminator:
             lambda: jnp.zeros((), jnp.float32),
         )
 
-    def update(self, params, opt_state, reals, fakes, step, active, real_condition=None,
-               fake_condition=None):
-        """One optimizer step on the D loss → (params, opt_state, metrics); while inactive
-        the D is not run: parameters and optimizer state come back as they were, metrics 0.
-        A conditional D (a pose, GMPI) gets each image set's condition.
-        """
+    def gated_gradients(self, params, reals, fakes, step, active):
+        """`gradients` while `active`; before the GANs start the D is not run: zero
+        gradients and metrics."""
+        work = lambda: self.gradients(params, reals, fakes, step)
+        return run_when(active, work, lambda: zeros_like_outputs(work))
 
-        def work():
-            grads, metrics = self.gradients(params, reals, fakes, step, real_condition,
-                                            fake_condition)
-            return (*apply_gradients(self.tx, grads, opt_state, params), metrics)
-
-        def idle():
-            return params, opt_state, zeros_like_outputs(work)[2]
-
-        return run_when(active, work, idle)
+    def gated_apply(self, grads, opt_state, params, active):
+        """One optimizer step while `active`; before, parameters and optimizer state
+        (its step count too) come back as they were."""
+        return run_when(active, lambda: apply_gradients(self.tx, grads, opt_state, params),
+                        lambda: (params, opt_state))
 
     def gradients(self, params, reals, fakes, step, real_condition=None, fake_condition=None):
         """∇ of the non-saturating D loss + lazy R1 (w.r.t. the real images) → (grads,

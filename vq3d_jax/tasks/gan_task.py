@@ -44,6 +44,7 @@ from vq3d_jax.tasks.common import (
     images_to_uint8,
     make_optimizer,
 )
+from vq3d_jax.train import accumulation
 from vq3d_jax.train.state import TrainState
 from vq3d_jax.visualize import colorize_depth
 
@@ -124,54 +125,101 @@ class GANTask:
         return gan.inference_generator(state)
 
     # -- training ----------------------------------------------------------------------
-    def styles(self, g_params, rng, batch_size: int) -> jax.Array:
-        """ws [B, n, w_dim] of fresh z, mixed with a second z's (StyleGAN §3.1)."""
-        z_rng, other_rng, mix_rng = jax.random.split(rng, 3)
-        z = jax.random.normal(z_rng, (batch_size, self.head.z_dim))
-        ws = self.head.mapping(g_params, z)
-        if self.config.loss.style_mixing > 0:
-            other = self.head.mapping(
-                g_params, jax.random.normal(other_rng, (batch_size, self.head.z_dim)))
-            ws = stylegan2.mix_styles(mix_rng, ws, other, self.config.loss.style_mixing)
+    def styles(self, g_params, keys: jax.Array) -> jax.Array:
+        """ws [B, n, w_dim] of fresh z, mixed with a second z's (StyleGAN §3.1); one key
+        per sample `keys` [B]."""
+        z_keys, other_keys, mix_keys = jax.vmap(lambda k: tuple(jax.random.split(k, 3)))(keys)
+        draw = jax.vmap(lambda k: jax.random.normal(k, (self.head.z_dim,)))
+        ws = self.head.mapping(g_params, draw(z_keys))
+        p = self.config.loss.style_mixing
+        if p > 0:
+            other = self.head.mapping(g_params, draw(other_keys))
+            ws = jax.vmap(lambda k, w, o: stylegan2.mix_styles(k, w[None], o[None], p)[0])(
+                mix_keys, ws, other)
         return ws
 
-    def real_views(self, batch, rng):
+    def real_views(self, batch, keys: jax.Array):
         """The real images [B, S, S, 3] in [−1, 1] and their cam-to-worlds: the batch's,
-        or with `data.train_on_novel_views` one view drawn uniformly per example among
-        its canonical and novel views."""
+        or with `data.train_on_novel_views` one view drawn uniformly per example (its key
+        in `keys` [B]) among its canonical and novel views."""
         images, cameras = batch["image"], batch["cam_to_world"]
         if self.extra_views:
             images = jnp.concatenate([images[:, None], batch["novel_image"]], 1)
             cameras = jnp.concatenate([cameras[:, None], batch["novel_cam_to_world"]], 1)
-            pick = jax.random.randint(rng, (images.shape[0],), 0, images.shape[1])
+            pick = jax.vmap(lambda k: jax.random.randint(k, (), 0, images.shape[1]))(keys)
             images = jnp.take_along_axis(images, pick[:, None, None, None, None], 1)[:, 0]
             cameras = jnp.take_along_axis(cameras, pick[:, None, None, None], 1)[:, 0]
         return images_to_float(images), cameras
 
-    def light(self, rng, step, batch_size: int) -> shading.Light | None:
-        """GMPI's shading augmentation (`loss.shading`): a light per sample on the camera
-        sphere, yaw N(0, σ_h), pitch N(μ_v, σ_v) above the object (2σ truncation),
-        shining at its centre, ramped in linearly from `start_step` over `ramp_steps`."""
+    def light(self, keys: jax.Array, step) -> shading.Light | None:
+        """GMPI's shading augmentation (`loss.shading`): a light per sample (its key in
+        `keys` [B]) on the camera sphere, yaw N(0, σ_h), pitch N(μ_v, σ_v) above the
+        object (2σ truncation), shining at its centre, ramped in linearly from
+        `start_step` over `ramp_steps`."""
         cfg = self.config.loss.get("shading")
         if cfg is None or not cfg.enabled:
             return None
         lights = dataclasses.replace(self.poses, yaw_std=cfg.yaw_std, pitch_std=cfg.pitch_std,
                                      yaw_mean=0.0, pitch_mean=-cfg.elevation, truncation=2.0)
-        position = pose_sampling.sample_cameras(rng, batch_size, lights)[0][:, :3, 3]
+        position = jax.vmap(
+            lambda k: pose_sampling.sample_cameras(k, 1, lights)[0][0, :3, 3])(keys)
         direction, _ = geo.normalize_directions(self.poses.center() - position)
         strength = jnp.clip((step - cfg.start_step) / max(cfg.ramp_steps, 1), 0.0, 1.0)
         return shading.Light(direction, float(cfg.ka), float(cfg.kd), strength)
 
     def train_step(self, state: TrainState, batch):
-        cfg = self.config.loss
+        """One G and one D update from the same state; with `grad_accum_steps` = k the
+        gradients of both (the D's R1 term too: a batch mean) are averaged over k
+        micro-batches (train/accumulation.py). z, cameras, lights and real views are drawn
+        per example, so they do not depend on k (GMNR's α-guided pixels too); the synthesis
+        noise is drawn per micro-batch (the same distribution, other draws)."""
         rng = jax.random.fold_in(state.rng, state.step)
-        style_rng, camera_rng, noise_rng, view_rng, light_rng = jax.random.split(rng, 5)
-        reals, real_cameras = self.real_views(batch, view_rng)
+        example_rng, noise_rng = jax.random.split(rng)
+        b = batch["image"].shape[0]
+        inputs = (batch, accumulation.example_keys(example_rng, b), jnp.arange(b))
+        grads, metrics, per_example = accumulation.mean_over_microbatches(
+            lambda one: self._gradients(state, *one, noise_rng), inputs,
+            accumulation.steps_of(self.config))
+        g_params, g_opt = gan.apply_gradients(
+            self.generator_tx, grads[GENERATOR], state.opt_state[GENERATOR],
+            state.params[GENERATOR])
+        # Both networks train from the first step (a GAN has no loss without its D), so
+        # the D's update is not gated.
+        d_params, d_opt = gan.apply_gradients(
+            self.discriminator.tx, grads[DISCRIMINATOR], state.opt_state[DISCRIMINATOR],
+            state.params[DISCRIMINATOR])
+        ema = self.config.ema
+        beta = gan.ema_decay(state.step, self.config.global_batch_size, ema.half_life_images,
+                             ema.rampup)
+        model_state = {
+            gan.GENERATOR_EMA: gan.update_ema(state.model_state[gan.GENERATOR_EMA], g_params,
+                                              beta),
+            W_AVERAGE: stylegan2.track_w_average(state.model_state[W_AVERAGE],
+                                                 per_example["w"],
+                                                 self.config.model.w_average_beta),
+        }
+        new_state = state.replace(
+            step=state.step + 1, params={GENERATOR: g_params, DISCRIMINATOR: d_params},
+            opt_state={GENERATOR: g_opt, DISCRIMINATOR: d_opt}, model_state=model_state)
+        return new_state, {
+            **metrics,
+            "train/learning_rate": self.generator_lr(state.step),
+            "train/grad_norm": optax.tree.norm(grads[GENERATOR]),
+        }
+
+    def _gradients(self, state: TrainState, batch, keys, index, noise_rng):
+        """G's and D's gradients on the examples `index` of the step's batch (`keys`: a
+        PRNG key each) → (grads, metric means, {'w': each sample's first w})."""
+        cfg = self.config.loss
+        style_keys, camera_keys, view_keys, light_keys, pixel_keys = jax.vmap(
+            lambda k: tuple(jax.random.split(k, 5)))(keys)
+        noise_rng = jax.random.fold_in(noise_rng, index[0])  # one per micro-batch
+        reals, real_cameras = self.real_views(batch, view_keys)
         b = reals.shape[0]
         views = int(cfg.views_per_z)
         d_params = state.params[DISCRIMINATOR]
-        yaw_pitch = pose_sampling.sample_yaw_pitch(camera_rng, b * views, self.poses)
-        yaw_pitch = yaw_pitch.reshape(b, views, 2)
+        yaw_pitch = jax.vmap(lambda k: pose_sampling.sample_yaw_pitch(k, views, self.poses))(
+            camera_keys)
         cameras = pose_sampling.cameras_at(yaw_pitch, self.poses)
 
         consistency = float(cfg.get("view_consistency", 0.0))
@@ -183,11 +231,12 @@ class GANTask:
             cameras = jnp.concatenate([cameras, pose_sampling.cameras_at(mirrored,
                                                                          self.poses)], 1)
 
-        light = self.light(light_rng, state.step, b)
+        light = self.light(light_keys, state.step)
 
         def generator_loss(g_params):
-            ws = self.styles(g_params, style_rng, b)
-            rendered = self.head.render(g_params, ws, cameras, noise_rng, light=light)
+            ws = self.styles(g_params, style_keys)
+            rendered = self.head.render(g_params, ws, cameras, noise_rng, light=light,
+                                        sampling_keys=pixel_keys)
             fakes = rendered["image"][:, :views]
             condition = pose_condition(yaw_pitch, self.poses)
             logits = self.discriminator.logits(
@@ -206,33 +255,12 @@ class GANTask:
 
         (g_loss, ((fakes, fake_condition), ws, extra)), g_grads = jax.value_and_grad(
             generator_loss, has_aux=True)(state.params[GENERATOR])
-        g_params, g_opt = gan.apply_gradients(
-            self.generator_tx, g_grads, state.opt_state[GENERATOR], state.params[GENERATOR])
         real_condition = pose_condition(
             yaw_pitch_of(real_cameras, self.config.camera.elevation_deg), self.poses)
-        # Both networks train from the first step (a GAN has no loss without its D), so
-        # the D's update is not gated.
         d_grads, d_metrics = self.discriminator.gradients(
             d_params, reals, fakes, state.step, real_condition, fake_condition)
-        d_new, d_opt = gan.apply_gradients(self.discriminator.tx, d_grads,
-                                           state.opt_state[DISCRIMINATOR], d_params)
-        ema = self.config.ema
-        beta = gan.ema_decay(state.step, self.config.global_batch_size, ema.half_life_images,
-                             ema.rampup)
-        model_state = {
-            gan.GENERATOR_EMA: gan.update_ema(state.model_state[gan.GENERATOR_EMA], g_params,
-                                              beta),
-            W_AVERAGE: stylegan2.track_w_average(state.model_state[W_AVERAGE], ws[:, 0],
-                                                 self.config.model.w_average_beta),
-        }
-        new_state = state.replace(
-            step=state.step + 1, params={GENERATOR: g_params, DISCRIMINATOR: d_new},
-            opt_state={GENERATOR: g_opt, DISCRIMINATOR: d_opt}, model_state=model_state)
-        return new_state, {
-            "loss/g": g_loss, **extra, **d_metrics,
-            "train/learning_rate": self.generator_lr(state.step),
-            "train/grad_norm": optax.tree.norm(g_grads),
-        }
+        return ({GENERATOR: g_grads, DISCRIMINATOR: d_grads},
+                {"loss/g": g_loss, **extra, **d_metrics}, {"w": ws[:, 0]})
 
     # -- samples ----------------------------------------------------------------------
     def generate(self, state, index: jax.Array, cameras: jax.Array, psi: float) -> dict:

@@ -16,7 +16,7 @@ from vq3d_jax import losses
 from vq3d_jax.models import lpips
 from vq3d_jax.models.discriminator import ResidualDiscriminator
 from vq3d_jax.models.vit_vqgan import VitVQGAN
-from vq3d_jax.nn.quantizer import code_counts, restart_dead_codes
+from vq3d_jax.nn.quantizer import code_counts, code_statistics, restart_dead_codes
 from vq3d_jax.tasks import gan
 from vq3d_jax.tasks.common import (
     DISCRIMINATOR,
@@ -26,6 +26,7 @@ from vq3d_jax.tasks.common import (
     images_to_uint8,
     make_optimizer,
 )
+from vq3d_jax.train import accumulation
 from vq3d_jax.train.state import TrainState
 
 
@@ -131,9 +132,11 @@ class ViTVQGANTask:
         return bool(self.ema and self.ema.half_life_images)
 
     # -- training ----------------------------------------------------------------------
-    def generator_loss(self, g_params, d_params: dict, batch, rng, gan_on):
-        """→ (total, (fakes per discriminator, quantizer aux, loss terms)); fakes in [−1, 1]."""
-        del rng
+    def generator_loss(self, g_params, d_params: dict, batch, keys, gan_on):
+        """→ (total, (fakes per discriminator, quantizer aux, loss terms)); fakes in [−1, 1].
+
+        `keys` [B]: each example's PRNG key (none needed here; the NeRF decoder's are)."""
+        del keys
         cfg = self.config.loss
         images = images_to_float(batch["image"])
         recon, aux = self.autoencoder.apply({"params": g_params}, images)
@@ -155,26 +158,39 @@ class ViTVQGANTask:
         return self.config.loss.lpips * distance
 
     def train_step(self, state: TrainState, batch):
-        images = images_to_float(batch["image"])
         gan_on = (state.step >= self.config.loss.adversarial_start_step).astype(jnp.float32)
         step_rng = jax.random.fold_in(state.rng, state.step)
         loss_rng, restart_rng = jax.random.split(step_rng)
+        keys = accumulation.example_keys(loss_rng, batch["image"].shape[0])
         d_params = {d.name: state.params[d.name] for d in self.discriminators}
 
-        # Generator loss, generator update, then for each discriminator its update.
-        (g_total, (fakes, aux, terms)), g_grads = jax.value_and_grad(
-            self.generator_loss, has_aux=True
-        )(state.params[GENERATOR], d_params, batch, loss_rng, gan_on)
+        def gradients(inputs):
+            # The generator's loss against the discriminators as they are, and each
+            # discriminator's against the generator as it is: one pass, two updates.
+            batch, keys = inputs
+            (g_total, (fakes, aux, terms)), g_grads = jax.value_and_grad(
+                self.generator_loss, has_aux=True
+            )(state.params[GENERATOR], d_params, batch, keys, gan_on)
+            grads, means = {GENERATOR: g_grads}, {"loss/total": g_total, **terms}
+            reals = images_to_float(batch["image"])
+            for d in self.discriminators:
+                grads[d.name], d_metrics = d.gated_gradients(
+                    d_params[d.name], reals, fakes[d.name], state.step, gan_on)
+                means.update(d_metrics)
+            latents = jax.lax.stop_gradient(aux["latents"])
+            return grads, means, {"codes": aux["codes"], "latents": latents}
+
+        grads, metrics, codes = accumulation.mean_over_microbatches(
+            gradients, (batch, keys), accumulation.steps_of(self.config))
         g_params, g_opt = gan.apply_gradients(
-            self.generator_tx, g_grads, state.opt_state[GENERATOR], state.params[GENERATOR])
-        g_params, model_state, restarted = self._restart_codes(state, g_params, aux, restart_rng)
+            self.generator_tx, grads[GENERATOR], state.opt_state[GENERATOR],
+            state.params[GENERATOR])
+        g_params, model_state, restarted = self._restart_codes(state, g_params, codes,
+                                                               restart_rng)
         params, opt_state = {GENERATOR: g_params}, {GENERATOR: g_opt}
-        metrics = {"loss/total": g_total, **terms}
         for d in self.discriminators:
-            params[d.name], opt_state[d.name], d_metrics = d.update(
-                d_params[d.name], state.opt_state[d.name], images, fakes[d.name], state.step,
-                gan_on)
-            metrics.update(d_metrics)
+            params[d.name], opt_state[d.name] = d.gated_apply(
+                grads[d.name], state.opt_state[d.name], d_params[d.name], gan_on)
         if self.keeps_ema:
             beta = gan.ema_decay(state.step, self.config.global_batch_size,
                                  self.ema.half_life_images, self.ema.rampup)
@@ -183,14 +199,15 @@ class ViTVQGANTask:
         new_state = state.replace(
             step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state
         )
+        perplexity, usage = code_statistics(codes["codes"], self.config.model.codebook_size)
         metrics.update({
             "gan/active": gan_on,
-            "vq/perplexity": aux["perplexity"],
-            "vq/codebook_usage": aux["codebook_usage"],
-            "vq/dead_codes": (1.0 - aux["codebook_usage"]) * self.config.model.codebook_size,
+            "vq/perplexity": perplexity,
+            "vq/codebook_usage": usage,
+            "vq/dead_codes": (1.0 - usage) * self.config.model.codebook_size,
             "vq/restarted_codes": restarted,
             "train/learning_rate": self.generator_lr(state.step),
-            "train/grad_norm": optax.tree.norm(g_grads),
+            "train/grad_norm": optax.tree.norm(grads[GENERATOR]),
         })
         return new_state, metrics
 
@@ -205,7 +222,7 @@ class ViTVQGANTask:
             quantizer["codebook"],
             usage,
             counts,
-            jax.lax.stop_gradient(aux["latents"]),
+            aux["latents"],
             rng,
             decay=m.restart_decay,
             threshold=m.restart_threshold,

@@ -49,6 +49,11 @@ NERF = "nerf"
 PLANE_LIFTS = {"splat": "feature_map", "tokens": "triplane"}
 
 
+def fixed_keys(batch_size: int) -> jax.Array:
+    """Keys for deterministic renders (`randomized=False` draws nothing from them)."""
+    return jax.random.split(jax.random.key(0), batch_size)
+
+
 def make_task(config):
     """`config.model.decoder`: 'nerf' → VQ3D stage 1; 'vit2d' → the 2D autoencoder."""
     if config.model.decoder == "vit2d":
@@ -148,9 +153,12 @@ class VQ3DStage1Task(ViTVQGANTask):
 
         return jax.vmap(lift)(decoded)
 
-    def render(self, mlp_params, planes, cam_to_world, rng, *, randomized, intrinsics=None,
+    def render(self, mlp_params, planes, cam_to_world, keys, *, randomized, intrinsics=None,
                pixels=None):
         """Renders each image's planes [B, ...] from its camera [B, 4, 4] → maps [B, r, r, ...].
+
+        `keys` [B]: each image's PRNG key for the randomized sampling (`fixed_keys` when
+        `randomized` is off).
 
         `intrinsics` [B, 3, 3] at the render resolution; default the canonical camera's.
         `pixels` [B, N] (flat indices into the r×r grid) renders only those rays: [B, N, ...].
@@ -170,8 +178,7 @@ class VQ3DStage1Task(ViTVQGANTask):
             )
 
         # pixels=None is an empty pytree: vmap passes it through.
-        return jax.vmap(one)(planes, intrinsics, cam_to_world, jax.random.split(rng, batch),
-                             pixels)
+        return jax.vmap(one)(planes, intrinsics, cam_to_world, keys, pixels)
 
     def to_image(self, color: jax.Array) -> jax.Array:
         """Rendered colour [B, r, r, 3] in [0, 1] → [B, S, S, 3] in [−1, 1] (bilinear)."""
@@ -196,11 +203,13 @@ class VQ3DStage1Task(ViTVQGANTask):
         return jnp.broadcast_to(self.cam_to_world, (batch_size, 4, 4))
 
     # -- training ----------------------------------------------------------------------
-    def generator_loss(self, g_params, d_params: dict, batch, rng, gan_on):
+    def generator_loss(self, g_params, d_params: dict, batch, keys, gan_on):
+        """`keys` [B]: each example's PRNG key (its rays, jitter and novel camera)."""
         cfg, r = self.config.loss, self.config.render
         images = images_to_float(batch["image"])
         b = images.shape[0]
-        canonical_rng, novel_rng, pose_rng = jax.random.split(rng, 3)
+        canonical_rng, novel_rng, pose_rng, pick_rng, render_rng = jax.vmap(
+            lambda k: tuple(jax.random.split(k, 5)))(keys)
         planes, aux = self.planes(g_params, images)
         depth = batch.get("depth")
 
@@ -218,8 +227,7 @@ class VQ3DStage1Task(ViTVQGANTask):
         def ray_subset():
             # L2 and depth on `render.train_rays` random rays per image; no picture for a
             # discriminator or LPIPS, which need whole images.
-            pick_rng, render_rng = jax.random.split(canonical_rng)
-            pixels = self.train_pixels(pick_rng, b)
+            pixels = self.train_pixels(pick_rng)
             maps = self.render(g_params[NERF], planes, self._canonical(b), render_rng,
                                randomized=True, pixels=pixels)
             target = take_pixels(resize_maps(images, self.render_size), pixels)
@@ -238,13 +246,11 @@ class VQ3DStage1Task(ViTVQGANTask):
             recon, disparity, (l2, train_psnr, depth_terms, perceptual) = full_view()
 
         def novel_view():
-            yaw_rng, pitch_rng = jax.random.split(pose_rng)
-            max_yaw, max_pitch = np.deg2rad(r.novel_yaw_deg), np.deg2rad(r.novel_pitch_deg)
-            cameras = self.orbit_cameras(
-                jax.lax.stop_gradient(disparity),
-                jax.random.uniform(yaw_rng, (b,), minval=-max_yaw, maxval=max_yaw),
-                jax.random.uniform(pitch_rng, (b,), minval=-max_pitch, maxval=max_pitch),
-            )
+            limits = jnp.deg2rad(jnp.asarray([r.novel_yaw_deg, r.novel_pitch_deg]))
+            yaw_pitch = jax.vmap(lambda k: jax.random.uniform(
+                k, (2,), minval=-limits, maxval=limits))(pose_rng)
+            cameras = self.orbit_cameras(jax.lax.stop_gradient(disparity), yaw_pitch[:, 0],
+                                         yaw_pitch[:, 1])
             maps = self.render(g_params[NERF], planes, cameras, novel_rng, randomized=True)
             return self.to_image(maps["color"])
 
@@ -277,20 +283,21 @@ class VQ3DStage1Task(ViTVQGANTask):
                                               terms)
         return total, ({DISCRIMINATOR: recon, NOVEL_DISCRIMINATOR: novel}, aux, terms)
 
-    def train_pixels(self, rng, batch_size: int) -> jax.Array:
-        """`render.train_rays` distinct random pixels of the r×r render per image [B, N]."""
+    def train_pixels(self, keys: jax.Array) -> jax.Array:
+        """`render.train_rays` distinct random pixels of the r×r render per image [B, N],
+        from each image's key `keys` [B]."""
         count = self.render_size**2
 
         def one(key):
             return jax.random.choice(key, count, (self.train_rays,), replace=False)
 
-        return jax.vmap(one)(jax.random.split(rng, batch_size))
+        return jax.vmap(one)(keys)
 
     # -- evaluation and pictures -------------------------------------------------------
     def _canonical_view(self, g_params, planes):
         """Deterministic canonical render → (maps, reconstruction in [−1, 1])."""
         maps = self.render(
-            g_params[NERF], planes, self._canonical(planes.shape[0]), jax.random.key(0),
+            g_params[NERF], planes, self._canonical(planes.shape[0]), fixed_keys(planes.shape[0]),
             randomized=False,
         )
         return maps, jnp.clip(self.to_image(maps["color"]), -1.0, 1.0)
@@ -334,7 +341,7 @@ class VQ3DStage1Task(ViTVQGANTask):
         yaw = jnp.full((b,), np.deg2rad(yaw_deg), jnp.float32)
         cameras = self.orbit_cameras(maps["disparity"], yaw, jnp.zeros_like(yaw))
         side = self.render(self.inference_generator(state)[NERF], planes, cameras,
-                           jax.random.key(0), randomized=False)
+                           fixed_keys(planes.shape[0]), randomized=False)
         disparity = maps["disparity"]
         depth = jnp.where(disparity > 1e-6, 1.0 / jnp.maximum(disparity, 1e-6), jnp.inf)
 
@@ -364,7 +371,7 @@ class VQ3DStage1Task(ViTVQGANTask):
 
         def view(c2w, k):
             maps = self.render(
-                self.inference_generator(state)[NERF], planes, c2w, jax.random.key(0),
+                self.inference_generator(state)[NERF], planes, c2w, fixed_keys(planes.shape[0]),
                 randomized=False, intrinsics=k,
             )
             return jnp.clip(self.to_image(maps["color"]), -1.0, 1.0)
@@ -410,7 +417,7 @@ class VQ3DStage1Task(ViTVQGANTask):
         def frame(yaw):
             cameras = self.orbit_cameras(maps["disparity"], jnp.full((b,), yaw), jnp.zeros((b,)))
             rendered = self.render(
-                g_params[NERF], planes, cameras, jax.random.key(0), randomized=False,
+                g_params[NERF], planes, cameras, fixed_keys(planes.shape[0]), randomized=False,
             )
             return images_to_uint8(self.to_image(rendered["color"]))
 

@@ -36,6 +36,7 @@ from vq3d_jax.tasks.common import (
     images_to_float,
     make_optimizer,
 )
+from vq3d_jax.train import accumulation
 from vq3d_jax.train.state import TrainState
 from vq3d_jax.train.task import CodeAutoencoder, Pretrained
 
@@ -196,25 +197,34 @@ class VQ3DStage2Task:
         return ce, hits
 
     def train_step(self, state: TrainState, batch):
-        codes = self.codes_of(state, batch)
-        labels = self.class_labels(batch["label"])
         rng = jax.random.fold_in(state.rng, state.step)
-        dropped = jax.random.bernoulli(rng, self.config.prior.class_dropout, labels.shape)
-        labels = jnp.where(dropped, self.num_classes, labels)
+        keys = accumulation.example_keys(rng, batch["label"].shape[0])
 
-        def loss_fn(params):
-            ce, hits = self._token_losses(params, codes, labels)
-            return jnp.mean(ce), jnp.mean(hits)
+        def gradients(inputs):
+            batch, keys = inputs
+            codes = self.codes_of(state, batch)
+            dropped = jax.vmap(lambda k: jax.random.bernoulli(
+                k, self.config.prior.class_dropout))(keys)
+            labels = jnp.where(dropped, self.num_classes, self.class_labels(batch["label"]))
 
-        (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params[PRIOR])
+            def loss_fn(params):
+                ce, hits = self._token_losses(params, codes, labels)
+                return jnp.mean(ce), jnp.mean(hits)
+
+            (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                state.params[PRIOR])
+            return grads, {"loss/ce": loss, "train/accuracy": accuracy}, {}
+
+        grads, means, _ = accumulation.mean_over_microbatches(
+            gradients, (batch, keys),
+            accumulation.steps_of(self.config))
         updates, opt_state = self.tx.update(grads, state.opt_state[PRIOR], state.params[PRIOR])
         params = optax.apply_updates(state.params[PRIOR], updates)
         new_state = state.replace(step=state.step + 1, params={PRIOR: params},
                                   opt_state={PRIOR: opt_state})
         return new_state, {
-            "loss/ce": loss,
-            "train/bits_per_token": loss / math.log(2.0),
-            "train/accuracy": accuracy,
+            **means,
+            "train/bits_per_token": means["loss/ce"] / math.log(2.0),
             "train/learning_rate": self.lr(state.step),
             "train/grad_norm": optax.tree.norm(grads),
         }
