@@ -1,7 +1,8 @@
 """TFDS data sources → grain pipelines for training and evaluation (no tensorflow).
 
 Every function takes the data config (``config.data``). :func:`prepare` (called first,
-by every process) builds the synthetic scenes on first use; the records come from
+by every process) builds the synthetic scenes on first use and checks that the dataset
+and its splits exist (:class:`DataConfigError`, before anything compiles); the records come from
 :mod:`.sources`, are decoded by :mod:`.preprocess` and skipped when bad by
 :mod:`.bad_records`.
 
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -58,6 +60,7 @@ from vq3d_jax.datasets.bad_records import (
     preprocess_or_skip,
 )
 from vq3d_jax.datasets.preprocess import Options, options, setting
+from vq3d_jax.datasets.sources import DataConfigError
 
 # --------------------------------------------------------------------------- helpers
 
@@ -98,23 +101,94 @@ def _maybe_prefetch(ds: grain.IterDataset, data: Any) -> grain.IterDataset:
     return ds
 
 
+class _BatchRowsOfProcess(grain.MapDataset):
+    """Process ``index``'s rows of each global batch of ``rows × count`` consecutive
+    elements: its element k is the parent's (k // rows · count + index) · rows + k % rows.
+
+    Global batch b is then parent[b·rows·count : (b+1)·rows·count] whatever ``count``,
+    its process-local pieces stacked in process order (as ``sharding.global_batch`` puts
+    them), so that a run resumed on another number of hosts reads the same examples.
+    """
+
+    def __init__(self, parent: grain.MapDataset, *, rows: int, index: int, count: int):
+        super().__init__(parent)
+        self._rows, self._index, self._count = rows, index, count
+
+    def __len__(self) -> int:
+        return len(self._parent) // self._count
+
+    def _parent_index(self, k: int) -> int:
+        block, row = divmod(k, self._rows)
+        return (block * self._count + self._index) * self._rows + row
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return self.slice(k)
+        return self._parent[self._parent_index(k)]
+
+    def __str__(self) -> str:
+        return f"_BatchRowsOfProcess(rows={self._rows}, {self._index} of {self._count})"
+
+
 # --------------------------------------------------------------------------- prepare
 
 
 def prepare(
-    data: Any, *, process_index: int | None = None, process_count: int | None = None
+    data: Any, *, splits: Sequence[str] | None = None, process_index: int | None = None,
+    process_count: int | None = None,
 ) -> None:
-    """Builds the synthetic scenes of ``data.name`` into ``data.data_dir`` on first use.
+    """Builds the synthetic scenes of ``data.name`` into ``data.data_dir`` on first use, then
+    checks that ``data.name`` is prepared there with each of ``splits``.
 
-    The one place that does: call it (every process) before reading the data. Process 0
-    builds, the others wait; any other dataset, or one already built, is left as it is.
-    ``process_index``, ``process_count``: default from jax.
+    The one place that does: call it (every process) before reading the data, and before
+    compiling, so that a wrong name, folder or split is a one-line DataConfigError (naming
+    it and what exists) instead of a TFDS traceback minutes later. Process 0 builds, the
+    others wait; any other dataset, or one already built, is left as it is.
+    ``splits``: TFDS split specs the run reads (default ``data.train_split`` and
+    ``data.eval_split``; empty: no check). ``process_index``, ``process_count``: default
+    from jax.
     """
     index, count = _process_shard(process_index, process_count)
+    data_dir = setting(data, "data_dir", "") or None
+    if splits is None:
+        splits = [setting(data, "train_split", "train"), setting(data, "eval_split", "validation")]
+    if splits:
+        _check_name_and_folder(data.name, data_dir)
     if index == 0:
-        synthetic_scenes.ensure_built(data.name, setting(data, "data_dir", "") or None)
+        synthetic_scenes.ensure_built(data.name, data_dir)
     if count > 1:
         multihost_utils.sync_global_devices("dataset prepared")
+    if splits:
+        sources.check_prepared(data, splits, functools.partial(_available, data_dir))
+
+
+def _synthetic_names() -> list[str]:
+    return [f"{synthetic_scenes.NAME}/{c.name}"
+            for c in synthetic_scenes.SyntheticScenes.BUILDER_CONFIGS]
+
+
+def _available(data_dir: str | None) -> str:
+    ours = _synthetic_names()
+    prepared = [n for n in sources.prepared_datasets(data_dir) if n not in ours]
+    return (f"available: {', '.join(ours)} (built on first use)"
+            + (f", or prepared in data.data_dir: {', '.join(prepared)}" if prepared else "")
+            + "; another TFDS dataset must be prepared in data.data_dir first "
+            "(data/README.md).")
+
+
+def _check_name_and_folder(name: str, data_dir: str | None) -> None:
+    """What can be told before building: a synthetic-scenes config that does not exist,
+    and a ``data_dir`` that does not exist for a dataset only a recipe can put there."""
+    base, _, variant = name.split(":")[0].partition("/")
+    if base == synthetic_scenes.NAME:
+        if variant and f"{base}/{variant}" not in _synthetic_names():
+            raise DataConfigError(f"unknown dataset data.name={name!r}; {_available(data_dir)}")
+        return  # built into data_dir, which is created
+    if data_dir and not os.path.isdir(data_dir):
+        raise DataConfigError(
+            f"data.data_dir={data_dir!r} does not exist: prepare data.name={name!r} there "
+            "first (data/README.md), or point data.data_dir at the folder that holds it."
+        )
 
 
 # --------------------------------------------------------------------------- maps
@@ -191,8 +265,10 @@ def create_train_iterator(
     if len(source) == 0:
         raise ValueError("The training source is empty.")
     ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
-    ds = ds[index::count]
+    # Random flips drawn by global position, then each process takes its rows of every
+    # global batch: the global batches do not depend on the number of processes.
     ds = ds.map(example_map) if codes_dir else ds.random_map(example_map)
+    ds = _BatchRowsOfProcess(ds, rows=local, index=index, count=count)
     it = SkipBadRecords(ds.to_iter_dataset(_read_options(data)))
     it = _maybe_prefetch(it.batch(local, drop_remainder=True), data)
     return iter(CountSkipped(it))

@@ -5,11 +5,15 @@
 that images are decoded by :mod:`.preprocess` and a corrupt one is a counted skip.
 :func:`open_codes_source` reads a precomputed codes dataset
 (``vq3d_jax/tools/precompute_codes.py``) after checking that it fits the model.
+:func:`check_prepared` says, before anything compiles, when ``data.name`` or a split
+does not exist (:class:`DataConfigError`, one line naming the value and what exists).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import tensorflow_datasets as tfds
@@ -19,6 +23,65 @@ from etils import epath
 from vq3d_jax.datasets.preprocess import setting
 
 CODES_FORMAT = "vq3d_codes"  # metadata["format"] of a tools/precompute_codes.py dataset
+
+
+class DataConfigError(ValueError):
+    """``data.name``, ``data.data_dir`` or a split that does not exist; the message is one
+    line naming the value and what exists (``main.py`` prints it as the run's error)."""
+
+
+def prepared_datasets(data_dir: str | None) -> list[str]:
+    """Names (``name[/config]``) of the TFDS datasets prepared in ``data_dir`` (None: the
+    TFDS default), read from the ``name/[config/]version/dataset_info.json`` layout."""
+    root = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser(
+        "~/tensorflow_datasets")
+    found = set()
+
+    def visit(path: str, parts: tuple[str, ...]) -> None:
+        if os.path.exists(os.path.join(path, "dataset_info.json")) and len(parts) >= 2:
+            found.add("/".join(parts[:-1]))
+            return
+        if len(parts) < 3:
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    if entry.is_dir() and not entry.name.startswith((".", "downloads")):
+                        visit(entry.path, (*parts, entry.name))
+
+    if os.path.isdir(root):
+        visit(root, ())
+    return sorted(found)
+
+
+def _split_names(spec: str) -> list[str]:
+    """'train[:90%]+validation' → ['train', 'validation'] (TFDS split syntax)."""
+    return [re.sub(r"\[.*?\]", "", part).strip() for part in spec.split("+")]
+
+
+def check_prepared(data: Any, splits: Sequence[str], available: Callable[[], str]) -> None:
+    """``data.name`` is prepared in ``data.data_dir`` and has every split of ``splits``
+    (TFDS split specs), or a DataConfigError says which does not and what exists.
+
+    ``available``: says which datasets to offer when the name is unknown to TFDS.
+    """
+    name, data_dir = data.name, setting(data, "data_dir", "") or None
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise DataConfigError(f"unknown dataset data.name={name!r}; {available()}") from None
+    if not builder.is_prepared():
+        raise DataConfigError(
+            f"data.name={name!r} is not prepared in data.data_dir={data_dir or ''!r} "
+            f"(prepared there: {', '.join(prepared_datasets(data_dir)) or 'none'}); "
+            "data/README.md says how to build it."
+        )
+    for spec in splits:
+        missing = [n for n in _split_names(spec) if n not in builder.info.splits]
+        if missing:
+            within = f" (in {spec!r})" if spec != missing[0] else ""
+            raise DataConfigError(
+                f"data.name={name!r} has no split {missing[0]!r}{within}; its splits: "
+                f"{', '.join(sorted(builder.info.splits))}."
+            )
 
 
 class _KeepEncoded(tfds.decode.SkipDecoding):

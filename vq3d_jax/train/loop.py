@@ -2,7 +2,10 @@
 
 It receives a `Task` (train/task.py) and iterators made by the caller; it knows
 nothing about models or datasets. Shardings come from the config's mesh and
-logical-axis rules; the train step is compiled once with donated state.
+logical-axis rules; the train step is compiled once with donated state. An update with
+a non-finite loss, gradient norm or state stops the run there, unsaved, or is skipped
+and counted (`config.nonfinite`); a SIGTERM, between steps or during an eval pass, ends
+in a save and a normal return.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 from absl import logging
 from clu import metrics as clu_metrics
 
+from vq3d_jax.train import accumulation
 from vq3d_jax.train import sharding as sharding_lib
 from vq3d_jax.train.checkpoint import Checkpointer
 from vq3d_jax.train.preemption import PreemptionWatch
@@ -29,7 +33,14 @@ from vq3d_jax.train.writer import MetricWriter, Progress, format_progress
 
 
 class NonFiniteLossError(FloatingPointError):
-    """A loss became NaN/inf; the state is not saved, earlier checkpoints stay intact."""
+    """A loss, the gradient norm or the state became NaN/inf (`config.nonfinite='stop'`);
+    that state is not saved, earlier checkpoints stay intact."""
+
+
+# What `config.nonfinite` may be: at a non-finite update, stop the run or skip the update.
+NONFINITE_MODES = ("stop", "skip")
+# Added to the step's metrics by `compile_train_step`, taken out again by the loop.
+_FINITE = "train/update_finite"
 
 
 @dataclasses.dataclass
@@ -66,10 +77,15 @@ def build_runtime(task, config, devices=None) -> Runtime:
     mesh = sharding_lib.create_mesh(config.mesh, devices)
     rules = sharding_lib.rules_from_config(config.sharding.logical_axis_rules)
     divisor = sharding_lib.batch_divisor(mesh)
-    if config.global_batch_size % divisor:
+    steps = accumulation.steps_of(config)
+    if steps < 1:
+        raise ValueError(f"grad_accum_steps={steps} must be ≥ 1.")
+    if config.global_batch_size % (divisor * steps):
+        # Every micro-batch is split over the batch axes like the whole batch.
         raise ValueError(
-            f"global_batch_size={config.global_batch_size} is not divisible by the batch "
-            f"axes data×fsdp={divisor} of mesh {dict(mesh.shape)}."
+            f"global_batch_size={config.global_batch_size} is not divisible by "
+            f"grad_accum_steps={steps} × the batch axes data×fsdp={divisor} of mesh "
+            f"{dict(mesh.shape)}."
         )
     boxed = jax.eval_shape(task.init_state, jax.random.PRNGKey(config.seed))
     shardings, abstract = abstract_state(boxed, mesh, rules, config.sharding.fallback_min_mb)
@@ -159,8 +175,12 @@ def _with_subtree(state, path: tuple[str, ...], value):
 
 
 def compile_train_step(rt: Runtime) -> Callable:
+    """The task's step, jitted with the state donated; its metrics gain `_FINITE`: whether
+    the losses, the gradient norm and the updated state are all finite. With
+    `config.nonfinite='skip'`, a step where they are not returns the state it was given."""
+    skip = _nonfinite_mode(rt.config) == "skip"
     return jax.jit(
-        rt.task.train_step,
+        _guarded(rt.task.train_step, skip=skip),
         in_shardings=(rt.state_shardings, sharding_lib.batch_sharding(rt.mesh)),
         out_shardings=(rt.state_shardings, sharding_lib.replicated(rt.mesh)),
         donate_argnums=(0,),
@@ -171,19 +191,84 @@ def _select(batch: dict, keys: Iterable[str]) -> dict:
     return {k: batch[k] for k in keys if k in batch}
 
 
-def _checked_scalars(metrics: dict, step: int) -> dict[str, float]:
-    scalars = {k: float(v) for k, v in metrics.items()}
-    bad = [k for k, v in scalars.items() if "loss" in k and not math.isfinite(v)]
-    if bad:
-        raise NonFiniteLossError(
-            f"Non-finite {bad} at step {step}: stopping without saving this state. The "
-            "last good checkpoint is kept; lower the learning rate or check the data."
-        )
-    return scalars
+def _nonfinite_mode(config) -> str:
+    if config.nonfinite not in NONFINITE_MODES:
+        raise ValueError(f"config.nonfinite={config.nonfinite!r}: choose one of "
+                         f"{NONFINITE_MODES}.")
+    return config.nonfinite
 
 
-def _restore_or_init(rt: Runtime, ckpt: Checkpointer, data_iter) -> tuple[Any, int]:
-    restored = ckpt.restore_latest(rt.abstract_state, data_iter)
+def _checked_metric(name: str) -> bool:
+    """The step metrics whose finiteness says whether an update is sound."""
+    return "loss" in name or name == "train/grad_norm"
+
+
+def _guarded(train_step: Callable, *, skip: bool) -> Callable:
+    """`train_step` that also says whether its update is finite and, with `skip`, keeps
+    the old state when not. The state is checked too, because not every gradient has a
+    norm in the metrics (a discriminator's NaN gradient shows only in its new weights)."""
+
+    def step(state, batch):
+        new_state, metrics = train_step(state, batch)
+        finite = _all_finite(([v for k, v in metrics.items() if _checked_metric(k)],
+                              new_state))
+        if skip:  # the donated `state` is still readable here; XLA reuses it afterwards
+            new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                     new_state, state)
+        return new_state, {**metrics, _FINITE: finite}
+
+    return step
+
+
+def _all_finite(tree) -> jax.Array:
+    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+             if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
+
+
+class _NonFiniteSteps:
+    """The steps whose update was not finite, fetched from the device lazily: the flags
+    wait there until the loop next logs, saves, evaluates or samples, so that checking
+    them never stalls the dispatch of the next step."""
+
+    def __init__(self, *, skip: bool, skipped: int):
+        self.skip = skip
+        self.skipped = skipped  # updates skipped since the run began, resumes included
+        self._pending: list[tuple[int, jax.Array, dict]] = []
+
+    def add(self, step: int, finite: jax.Array, metrics: dict) -> None:
+        self._pending.append((step, finite, metrics))
+
+    def check(self) -> None:
+        """'stop': NonFiniteLossError naming the first bad step; 'skip': each bad step
+        is counted and logged with what was not finite."""
+        pending, self._pending = self._pending, []
+        flags = jax.device_get([finite for _, finite, _ in pending])
+        for (step, _, metrics), finite in zip(pending, flags, strict=True):
+            if finite:
+                continue
+            what = _nonfinite_names(metrics)
+            if not self.skip:
+                raise NonFiniteLossError(
+                    f"Non-finite {what} at step {step}: stopping without saving this state. "
+                    "The last good checkpoint is kept; lower the learning rate, check the "
+                    "data, or set --config.nonfinite=skip to skip such updates."
+                )
+            self.skipped += 1
+            logging.warning("Step %d: non-finite %s; update skipped (%d skipped so far).",
+                            step, what, self.skipped)
+
+
+def _nonfinite_names(metrics: dict) -> str:
+    values = jax.device_get(metrics)
+    bad = [k for k, v in sorted(values.items())
+           if _checked_metric(k) and not np.all(np.isfinite(v))]
+    return str(bad) if bad else "updated state (losses and gradient norm finite)"
+
+
+def _restore_or_init(rt: Runtime, ckpt: Checkpointer, data_iter,
+                     counters: dict) -> tuple[Any, int]:
+    restored = ckpt.restore_latest(rt.abstract_state, data_iter, counters)
     if restored is not None:
         return restored
     return init_state(rt), 0
@@ -203,12 +288,15 @@ def train(rt: Runtime, workdir: str, train_iter, make_eval_iter: Callable | None
         save_every=config.checkpoint_every,
         async_save=config.get("async_checkpointing", True),
     )
-    state, step = _restore_or_init(rt, ckpt, train_iter)
+    counters = {"skipped_steps": 0}  # saved with every checkpoint, restored with it
+    state, step = _restore_or_init(rt, ckpt, train_iter, counters)
     if step >= config.total_steps:
         logging.info("At step %d ≥ total_steps=%d: nothing to train.", step, config.total_steps)
     else:
         logging.info("Training from step %d to %d.", step, config.total_steps)
     train_step = compile_train_step(rt)
+    nonfinite = _NonFiniteSteps(skip=config.nonfinite == "skip",
+                                skipped=counters["skipped_steps"])
     # A task scored by image metrics alone has nothing to evaluate without them: said once.
     evaluates = make_eval_iter is not None and (isinstance(task, PerExampleMetrics)
                                                 or fid is not None)
@@ -223,38 +311,55 @@ def train(rt: Runtime, workdir: str, train_iter, make_eval_iter: Callable | None
         start_step=step,
     )
     accumulated = None
-    skipped = 0
+    bad_records = 0
     sample_batch = None
+
+    def save(step, state):
+        counters["skipped_steps"] = nonfinite.skipped
+        ckpt.save(step, state, train_iter, counters)
+
     try:
         with rt.scope():
             while step < config.total_steps:
                 local = next(train_iter)
-                skipped = int(local.get("num_skipped", skipped))
+                bad_records = int(local.get("num_skipped", bad_records))
                 batch = sharding_lib.global_batch(_select(local, task.train_keys), rt.mesh)
                 state, metrics = train_step(state, batch)
                 step += 1
-                update = _Averages.from_metrics(metrics)
+                finite = metrics.pop(_FINITE)
+                nonfinite.add(step, finite, metrics)
+                update = _Averages.from_metrics(metrics, mask=finite)
                 accumulated = update if accumulated is None else accumulated.merge(update)
                 stopping = preemption.should_stop(step)
                 final = step == config.total_steps
-                if step % config.log_every == 0 or final or stopping:
-                    scalars = _checked_scalars(accumulated.compute(), step)
+                log = step % config.log_every == 0 or final or stopping
+                saves = ckpt.should_save(step) or final or stopping
+                evaluate = evaluates and (_due(step, config.eval_every) or final)
+                sample = bool(make_eval_iter) and (_due(step, config.sample_every) or final)
+                if log or saves or evaluate or sample:
+                    nonfinite.check()  # 'stop' raises here: this state is never used
+                if log:
+                    scalars = {k: float(v) for k, v in accumulated.compute().items()}
                     accumulated = None
                     perf = progress.report(step)
                     scalars.update(perf)
-                    scalars["data/num_skipped"] = skipped
+                    scalars["data/num_skipped"] = bad_records
+                    if nonfinite.skip:
+                        scalars["train/skipped_steps"] = nonfinite.skipped
                     writer.write_scalars(step, scalars)
                     logging.info(format_progress(step, config.total_steps, perf, scalars))
-                if ckpt.should_save(step) or final or stopping:
-                    if accumulated is not None:  # finite check of the unlogged steps
-                        _checked_scalars(accumulated.compute(), step)
-                    ckpt.save(step, state, train_iter)
+                if saves:
+                    save(step, state)
                 if stopping:
                     logging.warning("Preempted: saved step %d, exiting.", step)
                     break
-                if evaluates and (_due(step, config.eval_every) or final):
-                    run_eval(rt, state, make_eval_iter(), writer, step, fid)
-                if make_eval_iter and (_due(step, config.sample_every) or final):
+                if evaluate and run_eval(rt, state, make_eval_iter(), writer, step, fid,
+                                         preemption=preemption) is None:
+                    save(step, state)  # a no-op when this step is saved already
+                    logging.warning("Preempted during the eval at step %d: saved, exiting.",
+                                    step)
+                    break
+                if sample:
                     sample_batch = sample_batch or _first_batch(make_eval_iter(), task)
                     write_samples(rt, state, sample_batch, writer, step)
     finally:
@@ -275,14 +380,21 @@ class _Averages:
         self.averages = averages
 
     @classmethod
-    def from_metrics(cls, metrics: dict) -> _Averages:
-        return cls({k: clu_metrics.Average.from_model_output(v) for k, v in metrics.items()})
+    def from_metrics(cls, metrics: dict, mask: jax.Array) -> _Averages:
+        """`mask` False: a skipped update, whose (non-finite) metrics are left out."""
+        def average(value):
+            value = jnp.atleast_1d(value)  # clu's masks need a leading dimension
+            return clu_metrics.Average.from_model_output(
+                value, mask=jnp.broadcast_to(mask, value.shape))
+
+        return cls({k: average(v) for k, v in metrics.items()})
 
     def merge(self, other: _Averages) -> _Averages:
         return _Averages({k: v.merge(other.averages[k]) for k, v in self.averages.items()})
 
     def compute(self) -> dict:
-        return {k: v.compute() for k, v in self.averages.items()}
+        """The means; none when every update since the last log line was skipped."""
+        return {k: v.compute() for k, v in self.averages.items() if v.count > 0}
 
 
 def _masked_eval_sums(task):
@@ -299,12 +411,14 @@ def _masked_eval_sums(task):
 
 
 def run_eval(rt: Runtime, state, eval_batches, writer: MetricWriter, step: int,
-             fid=None) -> dict:
+             fid=None, preemption: PreemptionWatch | None = None) -> dict | None:
     """Masked means of the task's per-example metrics over a whole split.
 
     `fid`: the image metrics of `metrics.evaluator.from_config` (FID/KID/IS, SWD), or
     None; with them, the same pass also scores the task's `fid_images`. A task without
-    per-example metrics (`PerExampleMetrics`) is scored by those alone.
+    per-example metrics (`PerExampleMetrics`) is scored by those alone. `preemption`:
+    checked between batches; after a SIGTERM the pass is abandoned (nothing written, no
+    FID reference cached) and None returned, so that the caller saves and exits in time.
     """
     task = rt.task
     per_example = isinstance(task, PerExampleMetrics)
@@ -321,6 +435,10 @@ def run_eval(rt: Runtime, state, eval_batches, writer: MetricWriter, step: int,
     with rt.scope():
         fid_pass = fid.begin() if fid is not None else None
         for local in eval_batches:
+            if preemption is not None and preemption.requested:
+                logging.warning("SIGTERM during the eval at step %d: pass abandoned after "
+                                "%d batches, no metrics written.", step, num_batches)
+                return None
             batch = sharding_lib.global_batch(_select(local, (*task.eval_keys, "mask")), rt.mesh)
             num_batches += 1
             if eval_fn is not None:
