@@ -1,7 +1,7 @@
 r"""Command line: train, evaluate or sample a model from a config.
 
   python -m vq3d_jax.main --config=configs/vq3d_stage1.py:tiny --workdir=DIR \
-      [--mode=train|eval|sample|render|codes] [--config.key=value ...]
+      [--mode=train|eval|sample|render|codes|plan] [--config.key=value ...]
 
 --mode=codes (VQ3D stage 2) encodes data.name's --splits with the frozen stage-1
 encoder into a dataset of codes (default WORKDIR/codes) that training then reads
@@ -13,14 +13,26 @@ with --mesh, a .ply mesh, under --output_dir (default WORKDIR/render/<step>). Fo
 generator (the GAN heads) it renders --seeds (default 0..--num_images-1): per seed the
 sample, its depth map and an orbit video with the depth beside it.
 
+--mode=plan prints what the config's train step costs per device on its mesh, without
+allocating the model or reading data, on the host CPU in seconds (vq3d_jax/plan.py):
+parameters per module; bytes per device of params, optimizer state, gradients, other
+state, batch and activations (an estimate from the step's jaxpr, or XLA's memory analysis
+of the step compiled for --plan_devices simulated CPU devices, per --plan_compile); model
+FLOPs per step and the step time and MFU they predict on --plan_accelerator, with a
+warning and what would fit when a device's memory overflows. It also writes
+WORKDIR/plan.json. --plan_devices defaults to the mesh's size (an axis of -1 counts 1,
+e.g. --config.mesh.fsdp=64 plans 64 devices).
+
 Running the same command again with the same workdir resumes from the latest
 checkpoint. Cluster launchers (launch/) add --distributed.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
+import tempfile
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -30,7 +42,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and samples go here.")
 _MODE = flags.DEFINE_enum(
-    "mode", "train", ["train", "eval", "sample", "render", "codes"], "What to run."
+    "mode", "train", ["train", "eval", "sample", "render", "codes", "plan"], "What to run."
 )
 _IMAGES = flags.DEFINE_string(
     "images", None, "--mode=render: a folder of PNG/JPEG images (default: the eval split)."
@@ -59,7 +71,23 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --coordinator_address.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --coordinator_address.")
+_PLAN_DEVICES = flags.DEFINE_integer(
+    "plan_devices", None,
+    "--mode=plan: devices to plan for (default: the mesh's sizes' product, -1 counting 1).")
+_PLAN_ACCELERATOR = flags.DEFINE_string(
+    "plan_accelerator", "h100", "--mode=plan: the chip whose peak, HBM bandwidth and memory "
+    "the plan is held against (vq3d_jax/plan.py:ACCELERATORS: v4, v5e, v5p, v6e, a100, h100, "
+    "h200).")
+_PLAN_MFU = flags.DEFINE_float(
+    "plan_mfu", 0.4, "--mode=plan: the MFU assumed for the compute time of a step.")
+_PLAN_COMPILE = flags.DEFINE_enum(
+    "plan_compile", "auto", ["auto", "always", "never"],
+    "--mode=plan: also compile the step on simulated CPU devices for XLA's memory analysis "
+    "(auto: when that takes seconds and the step has no remat; the CPU ignores remat).")
 flags.mark_flags_as_required(["config", "workdir"])
+# More simulated CPU devices than this make jax's start slow (8192: 70 s); --plan_compile=auto
+# does not compile for a larger mesh.
+_MAX_AUTO_SIMULATED_DEVICES = 512
 
 
 def _initialize_distributed() -> None:
@@ -76,27 +104,54 @@ def _initialize_distributed() -> None:
         jax.distributed.initialize(initialization_timeout=300)
 
 
+def _plan() -> None:
+    """--mode=plan on the host CPU; its simulated devices are set before jax is imported."""
+    config = _CONFIG.value
+    num_devices = _PLAN_DEVICES.value or math.prod(
+        max(int(config.mesh[axis]), 1) for axis in ("data", "fsdp", "tensor"))
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    if _PLAN_COMPILE.value == "always" or (
+            _PLAN_COMPILE.value == "auto" and num_devices <= _MAX_AUTO_SIMULATED_DEVICES):
+        flag = "--xla_force_host_platform_device_count"
+        kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(flag)]
+        os.environ["XLA_FLAGS"] = " ".join([*kept, f"{flag}={num_devices}"])
+    from vq3d_jax import plan
+
+    try:
+        plan.run(config, _WORKDIR.value, num_devices, _PLAN_ACCELERATOR.value, _PLAN_MFU.value,
+                 _PLAN_COMPILE.value)
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"FATAL: {err}")
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if _MODE.value == "plan":  # no dataset, no distributed runtime, no parameters
+        _plan()
+        return
     _initialize_distributed()
     import jax
 
     from vq3d_jax.datasets import pipeline
     from vq3d_jax.tasks import get_task
     from vq3d_jax.train import loop
+    from vq3d_jax.train.checkpoint import CheckpointWriteError
     from vq3d_jax.train.task import EncodesCodes
 
     config = _CONFIG.value
     workdir = _WORKDIR.value
-    os.makedirs(workdir, exist_ok=True)
+    _make_workdir(workdir)
     logging.info("vq3d_jax %s mode on %d devices (%s), process %d/%d.", _MODE.value,
                  jax.device_count(), jax.devices()[0].platform, jax.process_index(),
                  jax.process_count())
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
             f.write(config.to_json_best_effort(indent=2))
-    pipeline.prepare(config.data)
+    try:
+        pipeline.prepare(config.data, splits=_splits_read(config))
+    except pipeline.DataConfigError as err:
+        sys.exit(f"FATAL: {err}")
     if _MODE.value == "codes":
         from vq3d_jax.tools import precompute_codes
 
@@ -139,7 +194,10 @@ def main(argv) -> None:
             train_data, global_batch_size=config.global_batch_size, seed=config.seed,
             **codes_checks,
         )
-        loop.train(runtime, workdir, train_iter, make_eval_iter, fid)
+        try:
+            loop.train(runtime, workdir, train_iter, make_eval_iter, fid)
+        except (CheckpointWriteError, loop.NonFiniteLossError) as err:
+            sys.exit(f"FATAL: {err}")
     else:
         from vq3d_jax.train.writer import MetricWriter
 
@@ -157,6 +215,30 @@ def main(argv) -> None:
                 )
         finally:
             writer.close()
+
+
+def _make_workdir(workdir: str) -> None:
+    """Creates --workdir and writes a file there, so that a path under a file or on a full
+    or read-only disk fails now, in one line, not at the first checkpoint after compiling
+    (permission bits alone tell nothing to a process running as root)."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        sys.exit(f"FATAL: --workdir={workdir!r} is not a writable folder: {err.strerror} "
+                 f"({err.filename}).")
+
+
+def _splits_read(config) -> list[str]:
+    """The splits of data.name this mode reads (training on codes reads its own)."""
+    if _MODE.value == "codes":
+        return list(_SPLITS.value)
+    if _MODE.value == "render" and _IMAGES.value:
+        return []
+    if _MODE.value == "train" and not config.data.get("codes_dir"):
+        return [config.data.train_split, config.data.eval_split]
+    return [config.data.eval_split]
 
 
 def _render(runtime, state, step: int, workdir: str) -> None:
