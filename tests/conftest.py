@@ -47,6 +47,45 @@ def stage1_workdir(tmp_path_factory, mini_data_dir):
     return workdir
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def stage1_command(workdir, data_dir, *flags, **overrides) -> list[str]:
+    """The CLI tests' stage-1 run: `stage1_overrides` on the mesh and accumulation of
+    test_train_loop's sharded step (the persistent compilation cache then serves that
+    test the 8-device program these runs compiled)."""
+    import sys
+
+    overrides = {**stage1_overrides(data_dir), "log_every": 1, "mesh.data": 2, "mesh.fsdp": 2,
+                 "mesh.tensor": 2, "grad_accum_steps": 2, **overrides}
+    return [sys.executable, "-m", "vq3d_jax.main", "--config=configs/vq3d_stage1.py:tiny",
+            f"--workdir={workdir}", *flags, *(f"--config.{k}={v}" for k, v in overrides.items())]
+
+
+def run_stage1(workdir, data_dir, **overrides):
+    """`stage1_command` run to the end; it must succeed."""
+    import subprocess
+
+    done = subprocess.run(stage1_command(workdir, data_dir, **overrides), cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+def checkpoint_state(workdir, step):
+    """The train state saved at `step`, restored as numpy arrays (whatever devices and
+    processes saved it)."""
+    import jax
+    import numpy as np
+    import orbax.checkpoint as ocp
+
+    path = os.path.join(workdir, "checkpoints", str(step), "state")
+    checkpointer = ocp.PyTreeCheckpointer()
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                            checkpointer.metadata(path).item_metadata.tree)
+    return checkpointer.restore(path, restore_args=as_numpy)
+
+
 def override(config, overrides: dict):
     """Sets dotted keys ('model.codebook_size') of a ConfigDict, as --config.* flags do."""
     for key, value in overrides.items():

@@ -144,23 +144,30 @@ def test_epochs_are_reshuffled_and_complete():
     assert any(not np.array_equal(epochs[0], e) for e in epochs[1:])
 
 
-def test_processes_read_disjoint_shards():
+def test_process_shards_stack_into_the_one_process_batches():
+    """Each process reads its rows of every global batch: stacked in process order they
+    are the one-process batches, random flips included, so a run resumed on another
+    number of hosts sees the same data."""
     src = _source(16)
-    seen = []
-    for index in range(2):
+    config = _config(random_flip=True)
+
+    def batches(index, count, config=config):
         it = pipeline.create_train_iterator(
-            _config(),
-            global_batch_size=8,
-            seed=3,
-            process_index=index,
-            process_count=2,
-            source=src,
-        )
-        batches = _take(it, 2)  # 2 x 4 local examples = this process's half of an epoch
-        assert all(b["image"].shape[0] == 4 for b in batches)
-        seen.append({int(x) for b in batches for x in b["label"]})
-    assert not seen[0] & seen[1]
-    assert seen[0] | seen[1] == set(range(16))
+            config, global_batch_size=8, seed=3, process_index=index, process_count=count,
+            source=src)
+        return _take(it, 3)  # 1.5 epochs
+
+    whole = batches(0, 1)
+    halves = [batches(index, 2) for index in range(2)]
+    assert all(b["image"].shape[0] == 4 for half in halves for b in half)
+    for step, batch in enumerate(whole):
+        for key in ("label", "image", "cam_to_world"):
+            stacked = np.concatenate([half[step][key] for half in halves])
+            np.testing.assert_array_equal(stacked, batch[key], f"{key} of batch {step}")
+    unflipped = batches(0, 1, _config())
+    assert any(not np.array_equal(a["image"], b["image"])  # some examples were flipped
+               for a, b in zip(whole, unflipped))
+    assert sorted(np.concatenate([b["label"] for b in whole[:2]]).tolist()) == list(range(16))
 
 
 def test_eval_pads_masks_and_covers_every_example_once():

@@ -9,37 +9,8 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from conftest import stage1_overrides
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _command(workdir, data_dir, **extra):
-    # The mesh of test_train_loop's sharded stage-1 step: the persistent compilation
-    # cache then serves that test the 8-device program these runs compiled.
-    overrides = {**stage1_overrides(data_dir), "log_every": 1, "mesh.data": 2, "mesh.fsdp": 4,
-                 **extra}
-    return [
-        sys.executable, "-m", "vq3d_jax.main",
-        "--config=configs/vq3d_stage1.py:tiny", f"--workdir={workdir}",
-        *(f"--config.{k}={v}" for k, v in overrides.items()),
-    ]
-
-
-def _run(workdir, data_dir, **extra):
-    done = subprocess.run(
-        _command(workdir, data_dir, **extra), cwd=REPO, capture_output=True, text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return done
-
-
-def _state(workdir, step):
-    path = os.path.join(workdir, "checkpoints", str(step), "state")
-    return ocp.StandardCheckpointer().restore(path)
+from conftest import REPO, checkpoint_state, run_stage1, stage1_command
 
 
 def _steps(workdir):
@@ -49,11 +20,11 @@ def _steps(workdir):
 
 def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, mini_data_dir):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    _run(straight, mini_data_dir, total_steps=4, checkpoint_every=2)
-    _run(resumed, mini_data_dir, total_steps=2, checkpoint_every=2)
-    second = _run(resumed, mini_data_dir, total_steps=4, checkpoint_every=2)
+    run_stage1(straight, mini_data_dir, total_steps=4, checkpoint_every=2)
+    run_stage1(resumed, mini_data_dir, total_steps=2, checkpoint_every=2)
+    second = run_stage1(resumed, mini_data_dir, total_steps=4, checkpoint_every=2)
     assert "restored step 2" in second.stderr
-    a, b = _state(straight, 4), _state(resumed, 4)
+    a, b = checkpoint_state(straight, 4), checkpoint_state(resumed, 4)
     leaves_a = jax.tree_util.tree_leaves_with_path(a)
     leaves_b = dict(jax.tree_util.tree_leaves_with_path(b))
     assert len(leaves_a) == len(leaves_b) > 10
@@ -64,7 +35,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, mini_data_dir):
     assert any(name.endswith(".png") for name in samples)
 
     # --mode=eval reports PSNR of the restored step into metrics.jsonl.
-    cmd = _command(resumed, mini_data_dir, total_steps=4) + ["--mode=eval"]
+    cmd = stage1_command(resumed, mini_data_dir, total_steps=4) + ["--mode=eval"]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     with open(resumed / "metrics.jsonl") as f:
@@ -87,7 +58,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, mini_data_dir):
     Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / "b.jpg")
     (folder / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "rendered"
-    cmd = _command(resumed, mini_data_dir, total_steps=4) + [
+    cmd = stage1_command(resumed, mini_data_dir, total_steps=4) + [
         "--mode=render", f"--images={folder}", f"--output_dir={out}", "--mesh",
         "--mesh_resolution=16", "--mesh_level=0.5",
     ]
@@ -106,7 +77,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, mini_data_dir):
 def test_sigterm_finishes_the_step_saves_and_exits_zero(tmp_path, mini_data_dir):
     workdir = tmp_path / "w"
     proc = subprocess.Popen(
-        _command(workdir, mini_data_dir, total_steps=100_000, checkpoint_every=100_000),
+        stage1_command(workdir, mini_data_dir, total_steps=100_000, checkpoint_every=100_000),
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     metrics = workdir / "metrics.jsonl"
@@ -136,7 +107,7 @@ def test_unknown_config_key_is_an_error_naming_it(tmp_path, flag):
 
 
 def test_eval_without_checkpoint_refuses_random_weights(tmp_path, mini_data_dir):
-    cmd = _command(tmp_path, mini_data_dir) + ["--mode=eval"]
+    cmd = stage1_command(tmp_path, mini_data_dir) + ["--mode=eval"]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert "No checkpoint" in done.stderr
