@@ -131,7 +131,7 @@ def test_overflow_names_the_largest_parts_and_what_would_fit(monkeypatch):
 def test_a_mesh_the_devices_do_not_fit_is_one_clear_error():
     config = _stage2_tiny()
     config.mesh.update(data=1, fsdp=3)
-    with pytest.raises(ValueError, match=r"needs 3 devices, --plan_devices=8"):
+    with pytest.raises(ValueError, match=r"needs 3 devices, 8 are available"):
         plan.make_plan(config, 8)
     config.mesh.update(data=-1, fsdp=8)
     with pytest.raises(ValueError, match="global_batch_size=32 is not divisible"):

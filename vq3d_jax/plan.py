@@ -111,21 +111,8 @@ def plannable(config) -> tuple:
 def abstract_mesh(mesh_config, num_devices: int) -> AbstractMesh:
     """The config's ('data', 'fsdp', 'tensor') sizes on `num_devices` (one may be -1 = the
     rest, as `sharding.create_mesh`), with no devices behind it."""
-    shape = [int(mesh_config[axis]) for axis in sharding_lib.MESH_AXES]
-    sizes = dict(zip(sharding_lib.MESH_AXES, shape))
-    if shape.count(-1) > 1:
-        raise ValueError(f"At most one mesh axis may be -1, got {sizes}.")
-    if -1 in shape:
-        known = math.prod(s for s in shape if s != -1)
-        if num_devices % known:
-            raise ValueError(f"Mesh {sizes}: --plan_devices={num_devices} is not divisible by "
-                             f"the fixed axes' product {known}.")
-        shape[shape.index(-1)] = num_devices // known
-    if math.prod(shape) != num_devices:
-        raise ValueError(f"Mesh {sizes} needs {math.prod(shape)} devices, "
-                         f"--plan_devices={num_devices}.")
-    return AbstractMesh(tuple(shape), sharding_lib.MESH_AXES,
-                        axis_types=(AxisType.Auto,) * len(shape))
+    shape = sharding_lib.mesh_shape(mesh_config, num_devices)
+    return AbstractMesh(shape, sharding_lib.MESH_AXES, axis_types=(AxisType.Auto,) * len(shape))
 
 
 def example_shapes(task, config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -158,31 +145,17 @@ def abstract_batch(shapes: dict, batch_size: int, sharding=None) -> dict:
 
 
 # -- bytes and parameters ----------------------------------------------------------------
-def _itemsize(dtype) -> int:
-    try:
-        return np.dtype(dtype).itemsize
-    except TypeError:  # an extended dtype (PRNG key): two uint32 words
-        return 8
-
-
-def _bytes(tree, per_device: bool = True) -> int:
-    """Bytes of a tree of ShapeDtypeStructs: per device (their shard shapes) or in all."""
-    return sum(
-        math.prod(a.sharding.shard_shape(a.shape) if per_device else a.shape)
-        * _itemsize(a.dtype)
-        for a in jax.tree.leaves(tree))
-
-
 def state_bytes(boxed, mesh, rules, fallback_min_mb: float) -> dict[str, int]:
     """Per-device bytes of each part of the state on `mesh` (exact: shard shape × itemsize).
     Gradients are the params' size and sharding (the step's out_shardings)."""
     _, abstract = loop.abstract_state(boxed, mesh, rules, fallback_min_mb)
-    params = _bytes(abstract.params)
+    params = sharding_lib.tree_bytes(abstract.params)
     return {
         "params": params,
-        "optimizer": _bytes(abstract.opt_state),
+        "optimizer": sharding_lib.tree_bytes(abstract.opt_state),
         "gradients": params,
-        "other_state": _bytes((abstract.model_state, abstract.step, abstract.rng)),
+        "other_state": sharding_lib.tree_bytes(
+            (abstract.model_state, abstract.step, abstract.rng)),
     }
 
 
@@ -203,7 +176,7 @@ def module_params(params) -> list[dict]:
                                      "members": set()})
         row["params"] += math.prod(leaf.shape)
         row["bytes_per_device"] += (math.prod(leaf.sharding.shard_shape(leaf.shape))
-                                    * _itemsize(leaf.dtype))
+                                    * sharding_lib.itemsize(leaf.dtype))
         row["members"].add(module)
     for row in rows.values():
         row["repeats"] = len(row.pop("members"))
@@ -222,7 +195,8 @@ def _subjaxprs(eqn):
 
 def _size(var) -> int:
     aval = var.aval
-    return math.prod(getattr(aval, "shape", ())) * _itemsize(getattr(aval, "dtype", np.uint8))
+    return (math.prod(getattr(aval, "shape", ()))
+            * sharding_lib.itemsize(getattr(aval, "dtype", np.uint8)))
 
 
 def activation_peak(small, large, scale: float) -> float:
@@ -435,16 +409,8 @@ def suggestions(ctx: dict, accel: Accelerator) -> list[str]:
 def _layout(config, num_devices: int) -> tuple[AbstractMesh, int, int]:
     """(mesh, per-device batch, grad_accum_steps), or a one-line error when they do not fit."""
     mesh = abstract_mesh(config.mesh, num_devices)
-    batch, sizes = int(config.global_batch_size), dict(mesh.shape)
-    divisor = sizes["data"] * sizes["fsdp"]
-    if batch % divisor:
-        raise ValueError(f"global_batch_size={batch} is not divisible by the batch axes "
-                         f"data×fsdp={divisor} of mesh {sizes}.")
-    local, steps = batch // divisor, int(config.get("grad_accum_steps", 1))
-    if local % steps:
-        raise ValueError(f"grad_accum_steps={steps} does not divide the per-device batch "
-                         f"{local} (global {batch} over data×fsdp={divisor}).")
-    return mesh, local, steps
+    steps = loop.check_batch_layout(config, mesh)
+    return mesh, int(config.global_batch_size) // sharding_lib.batch_divisor(mesh), steps
 
 
 def _activations(task, config, state, shapes, local: int, num_devices: int,
@@ -489,13 +455,13 @@ def make_plan(config, num_devices: int, accelerator: str = "h100", mfu: float = 
     _, abstract = loop.abstract_state(boxed, mesh, rules, fallback)
     memory = state_bytes(boxed, mesh, rules, fallback)
     shapes = example_shapes(task, config)
-    memory["batch"] = _bytes(abstract_batch(shapes, local), per_device=False)
+    memory["batch"] = sharding_lib.tree_bytes(abstract_batch(shapes, local), per_device=False)
     memory["activations"], activations, flops, xla = _activations(
         task, config, nn.meta.unbox(boxed), shapes, local, num_devices, compile_mode,
         memory["gradients"])
     total = sum(memory.values())
 
-    full_params = _bytes(abstract.params, per_device=False)
+    full_params = sharding_lib.tree_bytes(abstract.params, per_device=False)
     from_xla = bool(xla and xla["bytes_accessed"])
     hbm = (xla["bytes_accessed"] if from_xla
            else hbm_bytes_estimate(memory, full_params, sizes["tensor"]))

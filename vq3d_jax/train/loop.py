@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -76,21 +75,27 @@ class Runtime:
 def build_runtime(task, config, devices=None) -> Runtime:
     mesh = sharding_lib.create_mesh(config.mesh, devices)
     rules = sharding_lib.rules_from_config(config.sharding.logical_axis_rules)
+    check_batch_layout(config, mesh)
+    boxed = jax.eval_shape(task.init_state, jax.random.PRNGKey(config.seed))
+    shardings, abstract = abstract_state(boxed, mesh, rules, config.sharding.fallback_min_mb)
+    _log_state_size(abstract, mesh)
+    return Runtime(task, config, mesh, rules, shardings, abstract)
+
+
+def check_batch_layout(config, mesh) -> int:
+    """`config.grad_accum_steps`, once the global batch splits into that many micro-batches
+    each spread evenly over the batch axes of `mesh` (a Mesh or an AbstractMesh)."""
     divisor = sharding_lib.batch_divisor(mesh)
     steps = accumulation.steps_of(config)
     if steps < 1:
         raise ValueError(f"grad_accum_steps={steps} must be ≥ 1.")
     if config.global_batch_size % (divisor * steps):
-        # Every micro-batch is split over the batch axes like the whole batch.
         raise ValueError(
             f"global_batch_size={config.global_batch_size} is not divisible by "
             f"grad_accum_steps={steps} × the batch axes data×fsdp={divisor} of mesh "
             f"{dict(mesh.shape)}."
         )
-    boxed = jax.eval_shape(task.init_state, jax.random.PRNGKey(config.seed))
-    shardings, abstract = abstract_state(boxed, mesh, rules, config.sharding.fallback_min_mb)
-    _log_state_size(abstract, mesh)
-    return Runtime(task, config, mesh, rules, shardings, abstract)
+    return steps
 
 
 def abstract_state(boxed, mesh, rules, fallback_min_mb: float):
@@ -107,14 +112,10 @@ def abstract_state(boxed, mesh, rules, fallback_min_mb: float):
 
 
 def _log_state_size(abstract, mesh) -> None:
-    total = sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(abstract))
-    per_device = sum(
-        math.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize
-        for a in jax.tree.leaves(abstract)
-    )
     logging.info(
         "state: %.2f MB total, %.2f MB per device on mesh %s (activations not counted)",
-        total / 2**20, per_device / 2**20, dict(mesh.shape),
+        sharding_lib.tree_bytes(abstract, per_device=False) / 2**20,
+        sharding_lib.tree_bytes(abstract) / 2**20, dict(mesh.shape),
     )
 
 

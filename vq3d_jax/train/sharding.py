@@ -24,28 +24,49 @@ MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
 
-def create_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """Builds the ('data', 'fsdp', 'tensor') mesh; one size may be -1 (= the rest)."""
-    devices = list(jax.devices() if devices is None else devices)
+def mesh_shape(mesh_config, num_devices: int) -> tuple[int, ...]:
+    """The ('data', 'fsdp', 'tensor') sizes on `num_devices`; one may be -1 (= the rest)."""
     shape = [int(mesh_config[axis]) for axis in MESH_AXES]
     if shape.count(-1) > 1:
         raise ValueError(f"At most one mesh axis may be -1, got {dict(zip(MESH_AXES, shape))}.")
     if -1 in shape:
         known = math.prod(s for s in shape if s != -1)
-        if len(devices) % known:
+        if num_devices % known:
             raise ValueError(
-                f"Mesh {dict(zip(MESH_AXES, shape))}: {len(devices)} devices are not divisible "
+                f"Mesh {dict(zip(MESH_AXES, shape))}: {num_devices} devices are not divisible "
                 f"by the fixed axes' product {known}."
             )
-        shape[shape.index(-1)] = len(devices) // known
-    if math.prod(shape) != len(devices):
+        shape[shape.index(-1)] = num_devices // known
+    if math.prod(shape) != num_devices:
         raise ValueError(
             f"Mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices, "
-            f"{len(devices)} are available."
+            f"{num_devices} are available."
         )
-    return jax.make_mesh(
-        tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices
-    )
+    return tuple(shape)
+
+
+def create_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Builds the ('data', 'fsdp', 'tensor') mesh; one size may be -1 (= the rest)."""
+    devices = list(jax.devices() if devices is None else devices)
+    return jax.make_mesh(mesh_shape(mesh_config, len(devices)), MESH_AXES,
+                         axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def itemsize(dtype) -> int:
+    """Bytes per element; a PRNG key's extended dtype counts its two uint32 words."""
+    try:
+        return np.dtype(dtype).itemsize
+    except TypeError:
+        return 8
+
+
+def tree_bytes(tree, per_device: bool = True) -> int:
+    """Bytes of a tree of arrays or ShapeDtypeStructs with shardings: per device (their
+    shard shapes) or in all."""
+    return sum(
+        math.prod(a.sharding.shard_shape(a.shape) if per_device else a.shape)
+        * itemsize(a.dtype)
+        for a in jax.tree.leaves(tree))
 
 
 def rules_from_config(rules) -> tuple[tuple[str, Any], ...]:
