@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 
 
@@ -59,11 +60,18 @@ def mean_over_microbatches(fn: Callable[[Any], tuple[Any, Any, Any]], inputs: An
         raise ValueError(f"grad_accum_steps={steps} must divide the batch (sizes {sizes}).")
     micro = jax.tree.map(lambda x: _split(x, steps), inputs)
     first = jax.tree.map(lambda x: x[0], micro)
-    grads_shape, means_shape, _ = jax.eval_shape(fn, first)
+    # `fn` is traced once, to a jaxpr that gives the carry's shapes and is the scan's body
+    # (eval_shape and then scan traced it twice: a VQ3D stage-1 step with k=2 traced in
+    # 20.7 s instead of 12.8, to the same program).
+    traced, (grads_shape, means_shape, per_example_shape) = jax.make_jaxpr(
+        fn, return_shape=True)(first)
+    run_pass = jax.extend.core.jaxpr_as_fun(traced)
+    out_tree = jax.tree.structure((grads_shape, means_shape, per_example_shape))
     zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), (grads_shape, means_shape))
 
     def body(totals, one):
-        grads, means, per_example = fn(one)
+        grads, means, per_example = jax.tree.unflatten(out_tree,
+                                                       run_pass(*jax.tree.leaves(one)))
         totals = jax.tree.map(lambda t, x: t + x.astype(jnp.float32), totals, (grads, means))
         return totals, per_example
 
