@@ -53,7 +53,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 100
     c.keep_checkpoints = 3
     c.async_checkpointing = True
-    c.eval_every = 0  # 0 = only at the end of training
+    # Every N steps and at the end of training; 0 = only at the end, -1 = never (runs that
+    # only train, e.g. smoke or throughput runs).
+    c.eval_every = 0
     c.sample_every = 0
     # -1 = all remaining devices. A TPU pod / GPU cluster sets e.g. fsdp=8.
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})

@@ -335,8 +335,8 @@ def train(rt: Runtime, workdir: str, train_iter, make_eval_iter: Callable | None
                 final = step == config.total_steps
                 log = step % config.log_every == 0 or final or stopping
                 saves = ckpt.should_save(step) or final or stopping
-                evaluate = evaluates and (_due(step, config.eval_every) or final)
-                sample = bool(make_eval_iter) and (_due(step, config.sample_every) or final)
+                evaluate = evaluates and _due(step, config.eval_every, final)
+                sample = bool(make_eval_iter) and _due(step, config.sample_every, final)
                 if log or saves or evaluate or sample:
                     nonfinite.check()  # 'stop' raises here: this state is never used
                 if log:
@@ -370,8 +370,11 @@ def train(rt: Runtime, workdir: str, train_iter, make_eval_iter: Callable | None
     return state, step
 
 
-def _due(step: int, every: int) -> bool:
-    return bool(every) and step % every == 0
+def _due(step: int, every: int, final: bool) -> bool:
+    """Every `every` steps and at the end; 0: at the end only; negative: never."""
+    if every < 0:
+        return False
+    return final or (every > 0 and step % every == 0)
 
 
 class _Averages:
