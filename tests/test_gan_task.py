@@ -2,14 +2,14 @@
 
 import jax
 import numpy as np
-from conftest import assert_params_close_up_to_adam_noise, override
+from conftest import assert_params_close_up_to_adam_noise, one_step_per_layout, override
 
 from configs import gmnr
 from vq3d_jax.datasets import cameras_np
 from vq3d_jax.geometry import pose_sampling
 from vq3d_jax.tasks import get_task
 from vq3d_jax.tasks.gan_task import pose_condition, yaw_pitch_of
-from vq3d_jax.train import loop, sharding
+from vq3d_jax.train import loop
 
 SMALL = {
     "data.image_size": 8, "model.resolution": 8, "model.num_planes": 4,
@@ -63,17 +63,11 @@ def test_sharded_and_accumulated_gan_step_equals_the_plain_step():
         "novel_cam_to_world": np.stack([[_rig_camera(y, 18.0), _rig_camera(-y, 28.0)]
                                         for y in rng.uniform(10, 20, 8)]).astype(np.float32),
     }
-    results = []
-    for devices, mesh, accumulate in ((jax.devices()[:1], dict(data=1, fsdp=1), 1),
-                                      (jax.devices()[:4], dict(data=2, fsdp=2), 2)):
-        config = override(gmnr.get_config("tiny"), {**SMALL, "grad_accum_steps": accumulate})
-        config.mesh.update(mesh)
-        rt = loop.build_runtime(get_task(config), config, devices=devices)
-        state = loop.init_state(rt)
-        step = loop.compile_train_step(rt)
-        with rt.scope():
-            state, metrics = step(state, sharding.global_batch(batch, rt.mesh))
-        results.append((jax.device_get(state.params), jax.device_get(metrics)))
+    results = one_step_per_layout(
+        lambda: override(gmnr.get_config("tiny"), SMALL),
+        [(jax.devices()[:1], dict(data=1, fsdp=1), 1),
+         (jax.devices()[:4], dict(data=2, fsdp=2), 2)],
+        batch)
     (params_1, metrics_1), (params_8, metrics_8) = results
     for key in ("loss/g", "loss/d", "loss/r1", "loss/view_consistency"):
         np.testing.assert_allclose(metrics_8[key], metrics_1[key], rtol=1e-4, atol=1e-6)

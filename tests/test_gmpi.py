@@ -38,7 +38,7 @@ def test_mpi_from_the_generator_any_plane_count_background_opaque():
                       channel_max=16, alpha_max_resolution=8)
     z = jax.random.normal(jax.random.key(1), (2, 8))
     rngs = {"params": jax.random.key(0), "noise": jax.random.key(1)}
-    variables = g.init(rngs, z, jnp.linspace(0.0, 1.0, 4))
+    variables = jax.jit(g.init)(rngs, z, jnp.linspace(0.0, 1.0, 4))
     run = jax.jit(lambda d: g.apply(variables, z, d, rngs={"noise": jax.random.key(2)}))
     four = run(jnp.asarray([0.0, 0.3, 0.6, 1.0]))
     assert four["rgb"].shape == (2, 16, 16, 3) and four["alpha"].shape == (2, 4, 16, 16, 1)
@@ -61,12 +61,13 @@ def test_pose_conditioned_discriminator_projects_onto_the_normalised_pose_embedd
     rng = np.random.default_rng(3)
     images = jnp.asarray(rng.normal(size=(4, 16, 16, 3)), jnp.float32)
     poses = jnp.asarray(rng.normal(size=(4, 16)), jnp.float32)  # flattened world-to-camera
-    variables = d.init(jax.random.key(0), images, poses)
-    logits, state = d.apply(variables, images, poses, capture_intermediates=True)
+    variables = jax.jit(d.init)(jax.random.key(0), images, poses)
+    logits, state = jax.jit(lambda v, x, c: d.apply(v, x, c, capture_intermediates=True))(
+        variables, images, poses)
     features = state["intermediates"]["b4_out"]["__call__"][0]
     cmap = state["intermediates"]["condition_map"]["__call__"][0]
     cmap = cmap / np.sqrt(np.mean(np.square(cmap), -1, keepdims=True) + 1e-8)
     np.testing.assert_allclose(logits, np.sum(features * cmap, -1) / np.sqrt(8), rtol=1e-5)
     # The embedding is linear and unbiased at init: the opposite pose flips the logit.
-    np.testing.assert_allclose(d.apply(variables, images, -poses), -logits, rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(jax.jit(d.apply)(variables, images, -poses), -logits,
+                               rtol=1e-5, atol=1e-6)

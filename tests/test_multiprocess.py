@@ -18,12 +18,12 @@ def _free_port() -> int:
 def _command(workdir, stage1_dir, data_dir, total_steps, *flags) -> list[str]:
     """VQ3D stage 2 (tiny) on codes the frozen random stage 1 encodes in the step from the
     images each process reads: the pipeline, the sharded step with accumulation and the
-    checkpoints of a multi-host run, compiled in seconds."""
+    checkpoints of a multi-host run, compiled in seconds; no eval or samples (the resume
+    is the test: the samples' NeRF renders compiled longer than the step)."""
     overrides = {
         "stage1.workdir": stage1_dir, "data.name": "synthetic_scenes/mini",
         "data.data_dir": data_dir, "data.image_size": 32, "global_batch_size": 8,
-        "eval.num_examples": 8, "eval.global_batch_size": 8, "sample.num_images": 1,
-        "total_steps": total_steps, "checkpoint_every": 2, "log_every": 1,
+        "eval_every": -1, "sample_every": -1, "total_steps": total_steps, "checkpoint_every": 2, "log_every": 1,
         "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2, "grad_accum_steps": 2,
     }
     return [sys.executable, "-m", "vq3d_jax.main", "--config=configs/vq3d_stage2.py:tiny",
@@ -34,7 +34,8 @@ def _two_processes(*args) -> list[str]:
     """`_command` as 2 processes × 4 simulated devices: the 8-device global mesh of the
     one-process run. Returns each process's stderr."""
     port = _free_port()
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = {**os.environ, "XLA_FLAGS": os.environ["XLA_FLAGS"].replace(
+        "device_count=8", "device_count=4")}
     procs = [
         subprocess.Popen(
             _command(*args, f"--coordinator_address=localhost:{port}", "--num_processes=2",

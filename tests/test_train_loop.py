@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import random_batch, tiny_task_config
+from conftest import one_step_per_layout, random_batch, tiny_task_config
 
 from vq3d_jax.tasks import get_task
 from vq3d_jax.train import loop, sharding
@@ -14,20 +14,13 @@ from vq3d_jax.train.checkpoint import Checkpointer, CheckpointShapeError
 def test_sharded_and_accumulated_stage1_step_equals_the_plain_step():
     """One VQ3D stage-1 step (NeRF decoder, both discriminators with R1, depth loss) on
     data=2 × fsdp=2 × tensor=2 simulated devices, its gradients accumulated over 2
-    micro-batches of 4, == the step on 1 device over the whole batch of 8. (test_main's
-    CLI runs compile this 8-device program first: the persistent cache serves it.)"""
+    micro-batches of 4, == the step on 1 device over the whole batch of 8."""
     assert jax.device_count() == 8
-    results = []
-    for devices, mesh, accumulate in ((jax.devices()[:1], dict(data=1, fsdp=1), 1),
-                                      (None, dict(data=2, fsdp=2, tensor=2), 2)):
-        config = tiny_task_config(stage1=True, **mesh)
-        config.grad_accum_steps = accumulate
-        rt = loop.build_runtime(get_task(config), config, devices=devices)
-        state = loop.init_state(rt)
-        step = loop.compile_train_step(rt)
-        with rt.scope():
-            state, metrics = step(state, sharding.global_batch(random_batch(), rt.mesh))
-        results.append((jax.device_get(state.params), jax.device_get(metrics)))
+    results = one_step_per_layout(
+        lambda: tiny_task_config(stage1=True),
+        [(jax.devices()[:1], dict(data=1, fsdp=1), 1),
+         (None, dict(data=2, fsdp=2, tensor=2), 2)],
+        random_batch())
     (params_1, metrics_1), (params_8, metrics_8) = results
     for key in ("loss/total", "loss/d", "loss/novel_d", "loss/vq", "loss/depth_pointwise"):
         np.testing.assert_allclose(metrics_8[key], metrics_1[key], rtol=1e-5, atol=1e-6)
@@ -36,6 +29,15 @@ def test_sharded_and_accumulated_stage1_step_equals_the_plain_step():
     flat_8 = dict(jax.tree_util.tree_leaves_with_path(params_8))
     for path, value in flat_1:
         np.testing.assert_allclose(flat_8[path], value, rtol=1e-4, atol=1e-6, err_msg=str(path))
+
+
+def test_eval_and_sample_schedule_every_n_at_the_end_or_never():
+    def due_steps(every, total=7):
+        return [s for s in range(1, total + 1) if loop._due(s, every, final=s == total)]
+
+    assert due_steps(3) == [3, 6, 7]
+    assert due_steps(0) == [7]
+    assert due_steps(-1) == []
 
 
 def test_parameters_are_sharded_by_the_rules():
