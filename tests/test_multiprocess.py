@@ -23,7 +23,8 @@ def _command(workdir, stage1_dir, data_dir, total_steps, *flags) -> list[str]:
     overrides = {
         "stage1.workdir": stage1_dir, "data.name": "synthetic_scenes/mini",
         "data.data_dir": data_dir, "data.image_size": 32, "global_batch_size": 8,
-        "eval_every": -1, "sample_every": -1, "total_steps": total_steps, "checkpoint_every": 2, "log_every": 1,
+        "eval_every": -1, "sample_every": -1, "total_steps": total_steps,
+        "checkpoint_every": 2, "log_every": 1,
         "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2, "grad_accum_steps": 2,
     }
     return [sys.executable, "-m", "vq3d_jax.main", "--config=configs/vq3d_stage2.py:tiny",
