@@ -174,7 +174,9 @@ def main(argv) -> None:
         )
 
     fid = None
-    if _MODE.value in ("train", "eval"):
+    # Not for a training run that never evaluates (eval_every = -1): no weights to load,
+    # no "FID is off" to say.
+    if _MODE.value == "eval" or (_MODE.value == "train" and config.eval_every >= 0):
         from vq3d_jax.metrics import evaluator
 
         fid = evaluator.from_config(config, runtime, make_eval_iter().num_examples)

@@ -301,7 +301,7 @@ def train(rt: Runtime, workdir: str, train_iter, make_eval_iter: Callable | None
     # A task scored by image metrics alone has nothing to evaluate without them: said once.
     evaluates = make_eval_iter is not None and (isinstance(task, PerExampleMetrics)
                                                 or fid is not None)
-    if make_eval_iter is not None and not evaluates:
+    if make_eval_iter is not None and not evaluates and config.eval_every >= 0:
         logging.warning("No evaluation during training: %s is scored by FID/SWD alone and "
                         "both are off (eval.fid.inception_weights, eval.swd.num_images).",
                         type(task).__name__)
