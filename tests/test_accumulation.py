@@ -3,11 +3,12 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-from conftest import assert_params_close_up_to_adam_noise, override
+import pytest
+from conftest import override, steps_per_layout, with_a_wrong_row
+from float_bounds import assert_close_up_to_rounding, assert_same_steps
 
 from configs import vq3d_stage2
-from vq3d_jax.tasks import get_task
-from vq3d_jax.train import accumulation, loop, sharding
+from vq3d_jax.train import accumulation
 
 
 def test_microbatch_means_and_order_are_the_whole_batch():
@@ -35,26 +36,24 @@ def test_microbatch_means_and_order_are_the_whole_batch():
 
 
 def test_stage2_accumulated_step_equals_the_large_batch_step():
-    """Two prior steps on 8 sequences, whole and as 4 micro-batches of 2: equal
-    metrics and parameters (class dropout 0.5: per-example draws, the same either way)."""
+    """Two prior steps on 8 sequences, whole and as 4 micro-batches of 2: equal metrics,
+    gradients and weights up to float rounding (tests/float_bounds.py); with one wrong
+    row, not (class dropout 0.5: per-example draws, the same either way)."""
     rng = np.random.default_rng(0)
     batch = {"codes": rng.integers(0, 64, (8, 16)).astype(np.int32),
              "label": rng.integers(0, 4, (8,)).astype(np.int32)}
-    results = []
-    for steps in (1, 4):
-        config = override(vq3d_stage2.get_config("tiny"), {
+
+    def config():
+        return override(vq3d_stage2.get_config("tiny"), {
             "prior.vocab_size": 64, "prior.length": 16, "data.codes_dir": "unused",
-            "global_batch_size": 8, "optim.warmup_steps": 1, "prior.class_dropout": 0.5,
-            "grad_accum_steps": steps})
-        rt = loop.build_runtime(get_task(config), config, devices=jax.devices()[:1])
-        state = loop.init_state(rt)
-        step = loop.compile_train_step(rt)
-        with rt.scope():
-            for _ in range(2):  # the second step moves params by a non-zero learning rate
-                state, metrics = step(state, sharding.global_batch(batch, rt.mesh))
-        results.append((jax.device_get(state.params), jax.device_get(metrics)))
-    (params_1, metrics_1), (params_4, metrics_4) = results
-    for key in ("loss/ce", "train/grad_norm", "train/accuracy"):
-        np.testing.assert_allclose(metrics_4[key], metrics_1[key], rtol=1e-5, atol=1e-6)
-    # Learning rate: 1 warm-up step to the peak, 2 steps taken.
-    assert_params_close_up_to_adam_noise(params_4, params_1, 2 * 1e-3, max_fraction_off=1e-3)
+            "global_batch_size": 8, "optim.warmup_steps": 1, "prior.class_dropout": 0.5})
+
+    one_device = dict(data=1, fsdp=1, tensor=1)
+    (state_1, metrics_1), (state_4, metrics_4), (wrong_4, _) = steps_per_layout(
+        config, [(jax.devices()[:1], one_device, 1), (jax.devices()[:1], one_device, 4)],
+        batch, steps=2, corrupted=with_a_wrong_row(batch))
+    assert_close_up_to_rounding(metrics_4, metrics_1,
+                                keys=("loss/ce", "train/grad_norm", "train/accuracy"))
+    assert_same_steps(state_4, state_1, config(), steps=2)
+    with pytest.raises(AssertionError, match="beyond float rounding"):
+        assert_same_steps(wrong_4, state_1, config(), steps=2)

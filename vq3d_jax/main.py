@@ -71,6 +71,11 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --coordinator_address.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --coordinator_address.")
+_EXIT_TIMEOUT = flags.DEFINE_integer(
+    "exit_timeout", 1800,
+    "Multi-process runs: seconds a process that has finished (checkpoints committed, "
+    "metrics written) waits for the others before the distributed runtime shuts down; a "
+    "slower host's last checkpoint commit must fit.")
 _PLAN_DEVICES = flags.DEFINE_integer(
     "plan_devices", None,
     "--mode=plan: devices to plan for (default: the mesh's sizes' product, -1 counting 1).")
@@ -91,17 +96,23 @@ _MAX_AUTO_SIMULATED_DEVICES = 512
 
 
 def _initialize_distributed() -> None:
-    import jax
+    from vq3d_jax.train import distributed
 
-    if _COORDINATOR.value:
-        jax.distributed.initialize(
-            coordinator_address=_COORDINATOR.value,
-            num_processes=_NUM_PROCESSES.value,
-            process_id=_PROCESS_ID.value,
-            initialization_timeout=300,
-        )
-    elif _DISTRIBUTED.value:
-        jax.distributed.initialize(initialization_timeout=300)
+    if _COORDINATOR.value or _DISTRIBUTED.value:
+        distributed.initialize(
+            coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value, initialization_timeout_s=300,
+            exit_timeout_s=_EXIT_TIMEOUT.value)
+
+
+def _finish_distributed() -> None:
+    """Every process meets the others before the runtime shuts down (train/distributed.py)."""
+    from vq3d_jax.train import distributed
+
+    try:
+        distributed.finish(_EXIT_TIMEOUT.value)
+    except distributed.EndOfRunTimeout as err:
+        sys.exit(f"FATAL: {err}")
 
 
 def _plan() -> None:
@@ -131,6 +142,12 @@ def main(argv) -> None:
         _plan()
         return
     _initialize_distributed()
+    _run_mode()
+    _finish_distributed()
+
+
+def _run_mode() -> None:
+    """The --mode's work; a fatal error exits here, before the end-of-run barrier."""
     import jax
 
     from vq3d_jax.datasets import pipeline
