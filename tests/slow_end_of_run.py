@@ -13,7 +13,7 @@ import jax  # noqa: E402
 
 from vq3d_jax.train import loop  # noqa: E402
 
-SHUTDOWN_BARRIER_S = 5
+SHUTDOWN_BARRIER_S = 4
 
 _initialize, _train = jax.distributed.initialize, loop.train
 

@@ -19,27 +19,57 @@ def _steps(workdir):
         return [json.loads(line)["step"] for line in f]
 
 
-def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, mini_data_dir):
-    """Train 4 steps, or 2, stop and 2 more: bit-identical states. Resume (the state, the
-    data iterator's position, the counters) is the loop's, whatever the task: the 2D
+def _train_until_sigterm(workdir, data_dir, log_path, **overrides) -> int:
+    """Starts a long run, sends SIGTERM once it has logged two steps: it must finish the
+    step, save it and exit 0. Returns the step saved."""
+    # stderr into a file: a pipe nobody reads while the test polls would fill with the
+    # compile's log lines and block the run before its first step.
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            cli_command("vit_vqgan", workdir, data_dir, total_steps=100_000,
+                        checkpoint_every=100_000, **overrides),
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=log,
+        )
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 600  # a loaded 2-core machine compiles the step slowly
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        assert proc.poll() is None, log_path.read_text()[-4000:]
+        assert time.time() < deadline, "training never started"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=300)
+    assert proc.returncode == 0, log_path.read_text()[-4000:]
+    saved = [int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit()]
+    assert len(saved) == 1 and 2 <= saved[0] < 100_000
+    assert _steps(workdir)[-1] == saved[0]  # the saved step is the last one logged
+    return saved[0]
+
+
+def test_a_run_stopped_by_sigterm_and_resumed_is_bit_identical_to_a_straight_one(
+        tmp_path, mini_data_dir):
+    """SIGTERM a run: it finishes its step, saves and exits 0. Resume it for 2 more steps,
+    or train those steps straight: bit-identical states. Resume (the state, the data
+    iterator's position, the counters) is the loop's, whatever the task: the 2D
     ViT-VQGAN (GAN and R1 on, sharded, accumulated) shows it at a fraction of the NeRF's
-    trace and compile."""
+    trace and compile; all three launches share one compiled step."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    only_train = dict(checkpoint_every=2, eval_every=-1, sample_every=-1)
-    first = run_cli("vit_vqgan", straight, mini_data_dir, total_steps=4, **only_train)
-    run_cli("vit_vqgan", resumed, mini_data_dir, total_steps=2, **only_train)
-    second = run_cli("vit_vqgan", resumed, mini_data_dir, total_steps=4, checkpoint_every=2)
-    assert "restored step 2" in second.stderr
+    only_train = dict(eval_every=-1, sample_every=-1)
+    stopped = _train_until_sigterm(resumed, mini_data_dir, tmp_path / "sigterm.log",
+                                   **only_train)
+    second = run_cli("vit_vqgan", resumed, mini_data_dir, total_steps=stopped + 2)
+    assert f"restored step {stopped}" in second.stderr
+    first = run_cli("vit_vqgan", straight, mini_data_dir, total_steps=stopped + 2,
+                    **only_train)
     # A run that never evaluates sets up no image metrics, so has none to say are off.
     assert "FID/KID are off" not in first.stderr and "FID/KID are off" in second.stderr
     assert not list((straight / "samples").glob("*.png"))
-    a, b = checkpoint_state(straight, 4), checkpoint_state(resumed, 4)
+    a, b = checkpoint_state(straight, stopped + 2), checkpoint_state(resumed, stopped + 2)
     leaves_a = jax.tree_util.tree_leaves_with_path(a)
     leaves_b = dict(jax.tree_util.tree_leaves_with_path(b))
     assert len(leaves_a) == len(leaves_b) > 10
     for path, value in leaves_a:
         np.testing.assert_array_equal(np.asarray(leaves_b[path]), np.asarray(value), str(path))
-    assert _steps(resumed).count(3) == 1 and _steps(resumed)[-1] >= 4
+    assert _steps(resumed).count(stopped + 1) == 1 and _steps(resumed)[-1] >= stopped + 2
     samples = os.listdir(resumed / "samples")
     assert any(name.endswith(".png") for name in samples)
 
@@ -82,27 +112,6 @@ def test_eval_and_render_modes_of_a_stage1_run(tmp_path, stage1_workdir, mini_da
         # A mesh, or a skip for the one stated reason (any other error once hid as a skip).
         assert (out / f"{name}.ply").exists() or (
             f"No mesh for {name}: The grid holds no surface at level" in done.stderr)
-
-
-def test_sigterm_finishes_the_step_saves_and_exits_zero(tmp_path, mini_data_dir):
-    workdir = tmp_path / "w"
-    proc = subprocess.Popen(
-        cli_command("vit_vqgan", workdir, mini_data_dir, total_steps=100_000,
-                    checkpoint_every=100_000),
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    metrics = workdir / "metrics.jsonl"
-    deadline = time.time() + 300
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
-        assert proc.poll() is None, proc.communicate()[1][-4000:]
-        assert time.time() < deadline, "training never started"
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr[-4000:]
-    saved = [int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit()]
-    assert len(saved) == 1 and 2 <= saved[0] < 100_000
-    assert _steps(workdir)[-1] == saved[0]  # the saved step is the last one logged
 
 
 @pytest.mark.parametrize("flag", ["--config.model.no_such_key=1", "--config.no_such_key=1"])

@@ -95,7 +95,7 @@ def test_two_processes_train_stop_and_resume_like_one_and_wait_for_a_slow_one(
     _run([_launch(_command(straight, stage1_workdir, mini_data_dir, 2), tmp_path / "one.log")],
          [tmp_path / "one.log"])
     workdir = tmp_path / "two_processes"
-    slow_end_s = 3 * SHUTDOWN_BARRIER_S
+    slow_end_s = 2.5 * SHUTDOWN_BARRIER_S
     errors = _two_processes(tmp_path, workdir, stage1_workdir, mini_data_dir, 1,
                             slow_end_s=slow_end_s)
     assert "on 8 devices" in errors[0] and "process 1/2" in errors[1]

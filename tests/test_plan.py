@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import flax.linen as nn
 import jax
@@ -140,8 +139,9 @@ def test_a_mesh_the_devices_do_not_fit_is_one_clear_error():
         plan.make_plan(_stage2_tiny(), 8, accelerator="tpu")
 
 
-def test_cli_plans_stage2_large_at_fsdp64_in_seconds_without_parameters(tmp_path):
-    start = time.perf_counter()
+def test_cli_plans_stage2_large_at_fsdp64_without_parameters(tmp_path):
+    """The 1.05 B-parameter prior on 64 devices, planned by a process that never holds its
+    parameters (its speed, 16-26 s on two cores, is the README's figure, not a test's)."""
     # Through a fresh parent whose only child is the plan: RUSAGE_CHILDREN of this test
     # process would report the largest of every CLI run the suite made before.
     peak_of_child = ("import resource, subprocess, sys; done = subprocess.run(sys.argv[1:]); "
@@ -152,10 +152,7 @@ def test_cli_plans_stage2_large_at_fsdp64_in_seconds_without_parameters(tmp_path
          "--config=configs/vq3d_stage2.py:imagenet256_large", "--mode=plan",
          "--config.mesh.fsdp=64", f"--workdir={tmp_path}", "--plan_accelerator=v5p"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
-    seconds = time.perf_counter() - start
     assert done.returncode == 0, done.stderr[-4000:]
-    # 16-22 s on two idle cores; the margin is for a CPU shared with other test runs.
-    assert seconds < 120, seconds
     assert "prior/blocks_* (x36)" in done.stdout and "TPU v5p" in done.stdout
     with open(tmp_path / "plan.json") as f:
         result = json.load(f)

@@ -16,16 +16,18 @@ def test_sharded_and_accumulated_stage1_step_equals_the_plain_step():
     """One VQ3D stage-1 step (NeRF decoder, both discriminators with R1, depth loss) on
     data=2 × fsdp=2 × tensor=2 simulated devices, its gradients accumulated over 2
     micro-batches of 4, == the step on 1 device over the whole batch of 8, up to float
-    rounding (tests/float_bounds.py); the same step fed one wrong row is not. Without
-    the second (depth) ViT decoder and the importance pass: more of the same layers,
-    which cost a seventh of each of the test's two step compiles."""
+    rounding (tests/float_bounds.py); the same step fed one wrong row is not. At 16²
+    (4 × 4 tokens, 8² renders, discriminators of two blocks), without the second (depth)
+    ViT decoder and the importance pass: more of the same layers, which made the test's
+    two step compiles ~47 s instead of ~39 s on two cores."""
     assert jax.device_count() == 8
 
     def config():
-        return override(tiny_task_config(stage1=True),
-                        {"model.depth_decoder": False, "render.num_importance": 0})
+        return override(tiny_task_config(stage1=True), {
+            "model.depth_decoder": False, "render.num_importance": 0,
+            "data.image_size": 16, "model.patch_size": 4, "render.resolution": 8})
 
-    batch = random_batch()
+    batch = random_batch(size=16)
     (state_1, metrics_1), (state_8, metrics_8), (wrong_8, _) = steps_per_layout(
         config,
         [(jax.devices()[:1], dict(data=1, fsdp=1), 1),
