@@ -6,17 +6,20 @@ What they may differ by:
 
 * **Gradients: rounding.** A gradient element is a sum of many float32 products taken in
   an order that the layout decides. By the probabilistic rounding-error analysis of
-  Higham & Mary (SIAM J. Sci. Comput. 41(5), 2019, Thm. 3.1), a float32 evaluation with
-  N rounded operations per output is off by at most λ·√N·u times the magnitude of the
-  terms it sums, with probability at least 1 − 2N·exp(−λ²(1−u)²/2) (u = 2⁻²⁴). Two
-  evaluations differ by at most twice that. The magnitude of the terms is not the
-  magnitude of the result where terms cancel (a weight whose true gradient is ~0), so
-  each element is held to its own value plus the network's root-mean-square gradient:
+  Higham & Mary ("A new approach to probabilistic rounding error analysis", SIAM J.
+  Sci. Comput. 41(5), 2019, §2-3), a float32 evaluation with N rounded operations per
+  output is off by at most λ·√N·u times the magnitude of the terms it sums, with
+  probability at least 1 − 2N·exp(−λ²(1−u)²/2) (u = 2⁻²⁴). Two evaluations differ by
+  at most twice that. The magnitude of the terms is not the magnitude of the result
+  where terms cancel (a weight whose true gradient is ~0), so each element is held to
+  its own value plus the network's root-mean-square gradient:
   |δgᵢ| ≤ 2λ√N·u·(|gᵢ| + rms(g)), tested tensor by tensor in the 2-norm.
-  λ = 10: the bound fails with probability < N·4e-22 per output; N = 2²⁰ covers every
-  step these tests compile (reductions of up to ~25k terms through ~40 layers): the
-  tolerance is 1.2e-3 of the gradient's scale, while a wrong batch row moves the
-  gradient by ~1/batch of it (tests prove their checks catch one).
+  λ = 10: the bound fails with probability < N·4e-22 per output. N = 2²⁰ is the
+  longest chain of roundings in the steps these tests compile (a weight's gradient sums
+  up to ~25k terms, e.g. 8 images × 256 rays × 12 samples, through ~40 layers): the
+  tolerance is 1.2e-3 of the gradient's scale. Measured on this suite's steps: at most
+  ~110 u (GMNR's depth embedding), ~190× inside; a wrong batch row moves the gradient
+  by ~1/batch of it, ≥ 20× outside (tests prove their checks catch one).
 * **Weights: Adam's bounded step.** Adam amplifies rounding: a weight whose gradient is
   near zero moves by lr·sign(noise). But each Adam step moves a weight by at most
   lr_t·R_t, R_t = √(Σₛ aₛ²/cₛ) with aₛ, cₛ the bias-corrected weights of g_s in m̂_t and
