@@ -9,7 +9,7 @@ Every value the paper does not publish is tagged [choice].
 
 import ml_collections
 
-from configs import common
+from configs import gan_common
 
 PRESETS = ("tiny", "ffhq256", "afhq256", "ffhq1024")
 
@@ -18,9 +18,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     preset = arg or "tiny"
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; choose one of {PRESETS}.")
-    c = common.base_config()
-    c.task = "gan"
-    c.preset = preset
+    c = gan_common.gan_config(preset)
     c.model = ml_collections.ConfigDict({
         "head": "gmpi",
         "resolution": 256,
@@ -44,13 +42,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # plane's visible pixels refined per training view, 0 = off (GMPI).
         "view_dependence": {"fraction": 0.0, "position_width": 784, "view_width": 64},
     })
-    # Training poses: yaw/pitch truncated Gaussians on a sphere about the object, looking
-    # at its centre (FFHQ: σ 0.289 / 0.127 rad, 2σ, FOV 12.6°, radius 1). `elevation_deg`:
-    # the dataset cameras' mean elevation, from which real pitches are measured.
-    c.camera = ml_collections.ConfigDict({
-        "yaw_std": 0.289, "pitch_std": 0.127, "truncation": 2.0, "radius": 1.0,
-        "fov_deg": 12.6, "elevation_deg": 0.0,
-    })
     c.loss = ml_collections.ConfigDict({
         "r1_gamma": 10.0,
         "r1_every": 16,  # lazy R1 (StyleGAN2 §B)
@@ -71,27 +62,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                          "discriminator": dict(block)})
     # [choice] GMPI's per-step EMA 0.999 at batch 32: a half-life of ~22k images.
     c.ema = ml_collections.ConfigDict({"half_life_images": 22_000, "rampup": 0.05})
-    # `sample` writes 16-frame orbits; `--mode=render` videos of render_frames.
-    c.sample = ml_collections.ConfigDict({"num_images": 8, "seed": 0, "psi": 0.7,
-                                          "orbit_frames": 16, "render_frames": 48})
-    # FID/KID/SWD of one sample per eval image at a pose drawn from the training
-    # distribution ('sampled': novel views), or at the mean pose ('canonical').
-    c.eval.pose = "sampled"
-    c.data.with_cameras = True  # the real images' poses condition the discriminator
     if preset in ("ffhq256", "afhq256", "ffhq1024"):
         # [choice] From scratch: GMPI fine-tunes a pretrained StyleGAN2 for a few thousand
         # steps; this library cannot import StyleGAN2 weights yet, so its presets train
         # the whole generator, for StyleGAN2's order of images (6.4M at batch 32).
         c.total_steps = 200_000
-        c.global_batch_size = 32
-        c.log_every = 100
-        c.checkpoint_every = 2000
-        c.eval_every = 20_000
-        c.sample_every = 5000
-        # GAN FID is against the training images; x-flips mirror the cameras too.
-        c.data.update(name=preset, image_size=256, random_flip=True, eval_split="train")
-        c.eval.update(num_examples=10_000, global_batch_size=64)  # [choice] FID-10k
-        c.eval.swd.num_images = 10_000
+        gan_common.at_scale(c, preset, 256)
         c.loss.shading.enabled = True
     if preset == "afhq256":
         # GMPI's AFHQ cats: planes 2.55–2.80, yaw/pitch σ 0.19/0.15 rad at 3σ, FOV 13.39°,
@@ -105,24 +81,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model.resolution = 1024
         c.global_batch_size = 16  # [choice] half the 256² batch for memory
     if preset == "tiny":
-        # The synthetic scenes at 32²: cameras ~6 units from the scene centre, yaw
-        # U(±10°), elevation 18 ± 3° (datasets/scenes.py). [choice] Every training scene's
-        # 6 held-out views (yaw ±10°/±20°, pitch ±10°) join as real images, one of the 7
-        # drawn per example: yaw σ ≈ 13°, pitch σ ≈ 6° (with only the canonical views the
-        # depth stayed flat: bench/results/README.md, 2026-12-02).
-        c.total_steps = 2000
-        c.global_batch_size = 8
-        c.log_every = 50
-        c.checkpoint_every = 500
-        c.data.image_size = 32
+        gan_common.tiny_scenes(c)
         c.model.update(resolution=32, z_dim=64, w_dim=64, mapping_layers=2,
                        channel_base=1024, channel_max=64, num_planes=8, num_planes_eval=16,
                        near=3.5, far=14.0, disc_channel_base=512, disc_channel_max=32)
-        c.data.train_on_novel_views = True
-        c.camera.update(yaw_std=0.23, pitch_std=0.1, truncation=2.0, radius=6.0,
-                        fov_deg=50.0, elevation_deg=18.0)
-        c.loss.views_per_z = 1  # [choice] CPU: one view per z
-        c.ema.half_life_images = 2000  # [choice] ~250 steps at batch 8
-        c.eval.update(num_examples=256, global_batch_size=32)
-        c.eval.swd.num_images = 256  # the quality figure without Inception weights
     return c

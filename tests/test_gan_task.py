@@ -1,6 +1,7 @@
 """The 3D GAN task (task='gan', GMPI/GMNR head): poses, the sharded step, render mode."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import override, steps_per_layout, with_a_wrong_row
@@ -10,7 +11,8 @@ from configs import gmnr
 from vq3d_jax.datasets import cameras_np
 from vq3d_jax.geometry import pose_sampling
 from vq3d_jax.tasks import get_task
-from vq3d_jax.tasks.gan_task import pose_condition, yaw_pitch_of
+from vq3d_jax.tasks.gan_multiplane import CONDITION_DIM
+from vq3d_jax.tasks.gan_task import GANTask, yaw_pitch_of
 from vq3d_jax.train import loop
 
 SMALL = {
@@ -44,7 +46,9 @@ def test_dataset_camera_angles_and_pose_conditions_agree_with_the_pose_sphere():
     level = _rig_camera(7.0, 0.0)
     sphere = np.asarray(pose_sampling.cameras_at(np.asarray(yaw_pitch_of(level, 0.0)), poses))
     np.testing.assert_allclose(sphere[:3, :3], level[:3, :3], atol=1e-5)
-    condition = np.asarray(pose_condition(np.zeros(2), poses))
+    condition = np.asarray(GANTask(gmnr.get_config("tiny")).training.condition(
+        pose_sampling.cameras_at(jnp.zeros(2), poses)))
+    assert condition.shape == (CONDITION_DIM,)
     np.testing.assert_allclose(condition.reshape(4, 4), np.linalg.inv(
         np.asarray(poses.reference_camera())), atol=1e-6)
 

@@ -27,9 +27,9 @@ g = types.SimpleNamespace(
     contract_to_unit=jax.jit(geo.contract_to_unit),
     inverse_contract=jax.jit(geo.inverse_contract),
     volume_render=jax.jit(geo.volume_render),
-    triplane_features=jax.jit(geo.triplane_features, static_argnames="reduce"),
-    stratified_disparity_samples=jax.jit(
-        geo.stratified_disparity_samples,
+    triplane_features=jax.jit(geo.triplane_features, static_argnames=("reduce", "outside")),
+    stratified_samples=jax.jit(
+        geo.stratified_samples,
         static_argnames=("num_samples", "batch_shape", "randomized"),
     ),
     sample_pdf=jax.jit(geo.sample_pdf, static_argnames=("num_samples", "randomized", "space")),
@@ -239,14 +239,16 @@ def test_volume_render_opaque_sample_background_and_infinite_edge():
 # --------------------------------------------------------------------------- triplane
 
 
-def _triplane_ref(planes, points):
-    """Brute-force float64 bilinear: tent weights over every texel, border clamp."""
+def _triplane_ref(planes, points, outside="border"):
+    """Brute-force float64 bilinear: tent weights over every texel, with the border clamp
+    or (zeros) none: beyond the edge the tents of texels that exist fade out."""
     planes, points = np.asarray(planes, np.float64), np.asarray(points, np.float64)
     res = planes.shape[1]
+    lo, hi = (0.0, res - 1.0) if outside == "border" else (-np.inf, np.inf)
     out = []
     for p, (a, b) in enumerate(geo.PLANE_AXES):
-        fu = np.clip(((points[:, a] + 1.0) * res - 1.0) / 2.0, 0.0, res - 1.0)
-        fv = np.clip(((points[:, b] + 1.0) * res - 1.0) / 2.0, 0.0, res - 1.0)
+        fu = np.clip(((points[:, a] + 1.0) * res - 1.0) / 2.0, lo, hi)
+        fv = np.clip(((points[:, b] + 1.0) * res - 1.0) / 2.0, lo, hi)
         idx = np.arange(res)
         wu = np.maximum(0.0, 1.0 - np.abs(fu[:, None] - idx))  # [N, R] over columns
         wv = np.maximum(0.0, 1.0 - np.abs(fv[:, None] - idx))  # [N, R] over rows
@@ -300,6 +302,25 @@ def test_triplane_matches_bruteforce_reference_batched_and_reductions():
     )
     with pytest.raises(ValueError):
         g.triplane_features(planes, points, "max")
+
+
+def test_triplane_zero_padding_fades_to_zero_outside_the_box():
+    """outside='zeros' (EG3D's grid_sample padding) against the brute-force tents: equal
+    to the border lookup inside the texel centres, half the border texel half a texel
+    beyond it, zero from a texel beyond."""
+    rng = np.random.default_rng(7)
+    planes = rng.normal(size=(3, 4, 4, 2)).astype(np.float32)
+    points = rng.uniform(-1.6, 1.6, (200, 3)).astype(np.float32)
+    feats = g.triplane_features(planes, points, outside="zeros")
+    np.testing.assert_allclose(feats, _triplane_ref(planes, points, "zeros"), atol=1e-5)
+    inside = rng.uniform(-0.75, 0.75, (50, 3)).astype(np.float32)  # within the centres
+    np.testing.assert_allclose(g.triplane_features(planes, inside, outside="zeros"),
+                               g.triplane_features(planes, inside), atol=1e-6)
+    edge = np.asarray([[1.0, 0.0, 0.0], [1.5, 0.0, 0.0]], np.float32)  # x at 1 and beyond
+    xy = np.asarray(g.triplane_features(planes, edge, outside="zeros"))[:, 0]
+    border = np.asarray(g.triplane_features(planes, edge))[:, 0]
+    np.testing.assert_allclose(xy[0], 0.5 * border[0], atol=1e-6)
+    np.testing.assert_array_equal(xy[1], 0.0)
 
 
 def _pull_push_reference(values, coverage):
@@ -375,11 +396,11 @@ def test_splat_is_the_adjoint_of_the_lookup_and_lands_on_texel_centres():
         np.testing.assert_allclose(sums[plane, ..., 0], expected, atol=1e-6)
 
 
-def test_stratified_disparity_samples_bins_sorted_and_infinite_far():
+def test_stratified_samples_bins_sorted_and_infinite_far():
     key = jax.random.PRNGKey(0)
     near = np.array([[0.5], [1.0]])
     for far in (np.array([[4.0], [8.0]]), np.inf):
-        t, edges = g.stratified_disparity_samples(key, near, far, 16, (2, 3))
+        t, edges = g.stratified_samples(key, near, far, 16, (2, 3))
         assert t.shape == (2, 3, 16) and edges.shape == (2, 3, 17)
         assert np.all(np.isfinite(t))
         assert np.all(np.diff(np.asarray(t), axis=-1) > 0.0)
@@ -390,7 +411,7 @@ def test_stratified_disparity_samples_bins_sorted_and_infinite_far():
         np.testing.assert_allclose(
             np.diff(1.0 / np.asarray(edges), axis=-1).std(-1), 0.0, atol=1e-5
         )
-    t_mid, edges = g.stratified_disparity_samples(None, 1.0, np.inf, 4, (), randomized=False)
+    t_mid, edges = g.stratified_samples(None, 1.0, np.inf, 4, (), randomized=False)
     np.testing.assert_allclose(t_mid, 1.0 / np.array([0.875, 0.625, 0.375, 0.125]), rtol=1e-6)
     np.testing.assert_allclose(edges, [1.0, 4.0 / 3.0, 2.0, 4.0, np.inf], rtol=1e-6)
     np.testing.assert_array_equal(

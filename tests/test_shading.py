@@ -62,7 +62,7 @@ def test_the_task_lights_from_above_and_ramps_in():
                                                 "loss.shading.start_step": 100,
                                                 "loss.shading.ramp_steps": 50})
     task = GANTask(config)
-    light = task.light(jax.random.split(jax.random.key(0), 64), jnp.asarray(125))
+    light = task.training.light(jax.random.split(jax.random.key(0), 64), jnp.asarray(125))
     direction = np.asarray(light.direction)
     np.testing.assert_allclose(np.linalg.norm(direction, axis=-1), 1.0, rtol=1e-5)
     # World up is −y: a light above the object shines down (+y), towards +z from the
@@ -73,5 +73,5 @@ def test_the_task_lights_from_above_and_ramps_in():
     assert float(light.strength) == 0.5
     keys = jax.random.split(jax.random.key(0), 2)
     for step, strength in ((0, 0.0), (100, 0.0), (150, 1.0), (10_000, 1.0)):
-        assert float(task.light(keys, jnp.asarray(step)).strength) == strength
-    assert GANTask(gmpi.get_config("tiny")).light(keys, 0) is None
+        assert float(task.training.light(keys, jnp.asarray(step)).strength) == strength
+    assert GANTask(gmpi.get_config("tiny")).training.light(keys, 0) is None

@@ -6,6 +6,7 @@ The VQ loss lives with the quantizer (``vq3d_jax.nn.quantizer.vq_loss``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,22 +30,25 @@ def nonsaturating_discriminator_loss(real_logits: jax.Array, fake_logits: jax.Ar
     return real + fake
 
 
-def r1_penalty(disc_apply: Callable[[jax.Array], jax.Array], real_images: jax.Array) -> jax.Array:
+def r1_penalty(disc_apply: Callable[[Any], jax.Array], real_images: Any) -> jax.Array:
     """R1 gradient penalty: mean over the batch of ‖∇ₓ D(x)‖² on real images.
 
     (Mescheder et al. 2018; StyleGAN2 §2 regulariser.) ``disc_apply`` maps
-    images [B, ...] to logits [B]. The gradient is of Σ_b D(x_b), as in the
+    images [B, ...] to logits [B]; the images may be a tuple of arrays with the same
+    batch (EG3D's dual discriminator: image and raw image), whose squared gradients
+    add up. The gradient is of Σ_b D(x_b), as in the
     official StyleGAN2 code, so a minibatch-stddev layer's cross-sample terms
     are included. The weight is *not* applied here: the caller adds
     (γ/2)·r1_penalty(...) to the discriminator loss (times the lazy
     regularisation interval if applied every k steps; StyleGAN2 §3.1).
     """
 
-    def total_logit(x: jax.Array) -> jax.Array:
+    def total_logit(x) -> jax.Array:
         return jnp.sum(disc_apply(x).astype(jnp.float32))
 
-    grads = jax.grad(total_logit)(real_images).astype(jnp.float32)
-    per_image = jnp.sum(jnp.square(grads).reshape(grads.shape[0], -1), axis=1)
+    grads = jax.grad(total_logit)(real_images)
+    per_image = sum(jnp.sum(jnp.square(g.astype(jnp.float32)).reshape(g.shape[0], -1), axis=1)
+                    for g in jax.tree.leaves(grads))
     return jnp.mean(per_image)
 
 

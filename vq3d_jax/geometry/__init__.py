@@ -37,10 +37,11 @@ from vq3d_jax.geometry.mpi import (
 from vq3d_jax.geometry.pose_sampling import PoseDistribution, sample_cameras
 from vq3d_jax.geometry.precision import at_least_float32
 from vq3d_jax.geometry.ray_sampling import (
+    blur_pool_weights,
     edges_from_samples,
     merge_samples,
     sample_pdf,
-    stratified_disparity_samples,
+    stratified_samples,
 )
 from vq3d_jax.geometry.triplane import (
     PLANE_AXES,
@@ -85,9 +86,10 @@ __all__ = [
     "render_rays",
     "rotation_about_axis",
     "sample_cameras",
+    "blur_pool_weights",
     "sample_pdf",
     "splat_to_triplane",
-    "stratified_disparity_samples",
+    "stratified_samples",
     "triplane_features",
     "unproject",
     "volume_render",

@@ -21,7 +21,7 @@ def interval_midpoints(t_edges) -> jnp.ndarray:
     """Representative depth [..., S] of each interval [t_i, t_{i+1}].
 
     The midpoint; an interval reaching inf uses 2 t_i instead, its disparity midpoint
-    (where ``stratified_disparity_samples(randomized=False)`` puts it).
+    (where ``stratified_samples(randomized=False)`` puts it).
     """
     t_edges = at_least_float32(t_edges)
     lo, hi = t_edges[..., :-1], t_edges[..., 1:]

@@ -30,10 +30,11 @@ import jax.numpy as jnp
 from vq3d_jax.geometry.cameras import normalize_directions
 from vq3d_jax.geometry.compositing import volume_render
 from vq3d_jax.geometry.ray_sampling import (
+    blur_pool_weights,
     edges_from_samples,
     merge_samples,
     sample_pdf,
-    stratified_disparity_samples,
+    stratified_samples,
 )
 
 Field = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
@@ -51,7 +52,11 @@ class RenderOptions:
     `near`/`far`: the z-depth range (far may be ∞); `num_samples` stratified in disparity,
     then `num_importance` more from their weights; `randomized` jitters both (training);
     `chunk_size` rays per `lax.map` chunk (None = all at once); `far_backdrop` (far = ∞
-    only): the opaque sample at infinity described above.
+    only): the opaque sample at infinity described above. `spacing`: stratify (and draw
+    importance samples) uniformly in 'disparity' (unbounded scenes) or 'depth' (a
+    bounded range, EG3D); `weight_padding`: resample from mip-NeRF's blur-pooled coarse
+    weights plus this padding (`ray_sampling.blur_pool_weights`; EG3D: 0.01) instead
+    of the raw weights (None).
     """
 
     near: float
@@ -61,6 +66,8 @@ class RenderOptions:
     randomized: bool = True
     chunk_size: int | None = None
     far_backdrop: bool = False
+    spacing: str = "disparity"
+    weight_padding: float | None = None
 
 
 def _append(values, end):
@@ -87,8 +94,15 @@ def _render_chunk(field_fn: Field, origins, directions, rng, opts: RenderOptions
                             t_samples=t, delta_scale=ray_length)
         return out, t
 
-    t, edges = stratified_disparity_samples(coarse_rng, near, far, opts.num_samples, (n,),
-                                            randomized)
+    t, edges = stratified_samples(coarse_rng, near, far, opts.num_samples, (n,), randomized,
+                                  opts.spacing)
+
+    def resample(weights, bin_edges):
+        if opts.weight_padding is not None:
+            weights = blur_pool_weights(weights, opts.weight_padding)
+        return sample_pdf(fine_rng, bin_edges, weights, num_importance, randomized,
+                          opts.spacing)
+
     if backdrop:
         # The last bin, disparities (0, s), is split at half its sample's disparity: the
         # finite samples tile [near, 2·t_last], the backdrop covers the rest to infinity.
@@ -96,8 +110,7 @@ def _render_chunk(field_fn: Field, origins, directions, rng, opts: RenderOptions
         edges = edges.at[..., -1].set(finite_far)
         out, _ = evaluate(_append(t, FAR_BACKDROP_T), _append(edges, jnp.inf))
         if num_importance:
-            t_fine = sample_pdf(fine_rng, edges, out["weights"][..., :-1], num_importance,
-                                randomized)
+            t_fine = resample(out["weights"][..., :-1], edges)
             t = merge_samples(t, t_fine)
             edges = edges_from_samples(t, near, finite_far)
             out, _ = evaluate(_append(t, FAR_BACKDROP_T), _append(edges, jnp.inf))
@@ -105,7 +118,7 @@ def _render_chunk(field_fn: Field, origins, directions, rng, opts: RenderOptions
     else:
         out, t = evaluate(t, edges)
         if num_importance:
-            t_fine = sample_pdf(fine_rng, edges, out["weights"], num_importance, randomized)
+            t_fine = resample(out["weights"], edges)
             t = merge_samples(t, t_fine)
             out, t = evaluate(t, edges_from_samples(t, near, far))
     out["t"] = t

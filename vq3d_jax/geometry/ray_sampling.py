@@ -24,36 +24,58 @@ def _reciprocal(x) -> jnp.ndarray:
     return 1.0 / x
 
 
-def stratified_disparity_samples(
-    rng, near, far, num_samples: int, batch_shape=(), randomized: bool = True
+def stratified_samples(
+    rng, near, far, num_samples: int, batch_shape=(), randomized: bool = True,
+    space: str = "disparity",
 ):
-    """Stratified samples uniform in disparity between 1/near and 1/far (far may be inf).
+    """Stratified samples, by default uniform in disparity between 1/near and 1/far (far
+    may be inf).
 
     The disparity range is cut into ``num_samples`` equal bins (NeRF arXiv 2003.08934
     §4 stratified sampling, eq. 2, applied to s = 1/t as in mip-NeRF 360 / VQ3D) and one
     sample drawn uniformly in disparity within each bin (``randomized=False``: the bin's
     disparity midpoint). ``near``/``far`` broadcast against ``batch_shape``.
+    ``space='depth'``: bins and draws uniform in t instead (NeRF's own stratification,
+    EG3D's bounded ray range; far must be finite).
 
     Returns ``(t, t_edges)``: t [*batch, S] ascending and finite; t_edges [*batch, S + 1]
     ascending, t_edges[..., 0] = near, t_edges[..., -1] = far (inf when far is inf).
     """
     near, far = at_least_float32(near), at_least_float32(far)
     batch_shape = tuple(jnp.broadcast_shapes(tuple(batch_shape), near.shape, far.shape))
-    s_near = jnp.broadcast_to(1.0 / near, batch_shape)[..., None]
-    s_far = jnp.broadcast_to(1.0 / far, batch_shape)[..., None]  # 0 for far = inf
+    if space == "disparity":
+        to_space, back = _reciprocal, _reciprocal
+    elif space == "depth":
+        to_space = back = lambda x: x  # noqa: E731
+    else:
+        raise ValueError(f"space must be 'disparity' or 'depth', got {space!r}")
+    s_near = jnp.broadcast_to(to_space(near), batch_shape)[..., None]
+    s_far = jnp.broadcast_to(to_space(far), batch_shape)[..., None]  # 0 for far = inf
     steps = jnp.linspace(0.0, 1.0, num_samples + 1, dtype=s_near.dtype)
-    s_edges = s_near + (s_far - s_near) * steps  # descending disparity
+    s_edges = s_near + (s_far - s_near) * steps  # descending disparity / ascending depth
     if randomized:
         frac = jax.random.uniform(rng, batch_shape + (num_samples,), s_near.dtype)
         frac = jnp.minimum(frac, _ONE_MINUS)  # s > 0 even in the bin that ends at s = 0
     else:
         frac = jnp.full(batch_shape + (num_samples,), 0.5, s_near.dtype)
     s = s_edges[..., :-1] + (s_edges[..., 1:] - s_edges[..., :-1]) * frac
-    t_edges = _reciprocal(s_edges)
+    t_edges = back(s_edges)
     # Pin the end edges to the inputs exactly (1/(1/near) may round off near).
     t_edges = t_edges.at[..., 0].set(jnp.broadcast_to(near, batch_shape))
     t_edges = t_edges.at[..., -1].set(jnp.broadcast_to(far, batch_shape))
-    return _reciprocal(s), t_edges
+    return back(s), t_edges
+
+
+def blur_pool_weights(weights, padding: float) -> jnp.ndarray:
+    """mip-NeRF's resampling weights (arXiv 2103.13415 §3.2, "blurpool"):
+    w'_k = ½(max(w_{k−1}, w_k) + max(w_k, w_{k+1})) + padding, the ends padded with
+    their own weight. A 2-tap max then a 2-tap mean widen every peak by a bin on each
+    side; the padding keeps every bin drawable. EG3D's importance sampler does the same
+    (padding 0.01)."""
+    w = at_least_float32(weights)
+    padded = jnp.concatenate([w[..., :1], w, w[..., -1:]], -1)
+    pooled = jnp.maximum(padded[..., :-1], padded[..., 1:])  # [..., K + 1]
+    return 0.5 * (pooled[..., :-1] + pooled[..., 1:]) + padding
 
 
 def sample_pdf(

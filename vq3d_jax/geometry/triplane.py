@@ -11,7 +11,10 @@ v → height):
     plane 2 (zx): col ← z, row ← x
 
 Coordinates are in [-1, 1]; texel i's centre sits at -1 + (2i + 1)/R (align_corners =
-False) and points outside the centres' range clamp to the border texels.
+False). Outside the centres' range a lookup either clamps to the border texels
+(``outside='border'``: VQ3D's contracted field has nothing beyond the planes) or blends
+towards zero texels beyond the edge, zero outside [-1, 1] (``outside='zeros'``: EG3D's
+grid_sample padding, a bounded box with empty space around it).
 """
 
 from __future__ import annotations
@@ -26,12 +29,22 @@ PLANE_AXES = ((0, 1), (1, 2), (2, 0))
 PLANE_NAMES = ("xy", "yz", "zx")
 
 
-def _bilinear_corners(coord, res):
-    """Continuous texel index f = ((x + 1) R - 1) / 2 (centres at integers), border clamp;
-    i0 <= R - 2 keeps i0 + 1 in range, with weight 1 on it at the last texel."""
-    f = jnp.clip(((coord + 1.0) * res - 1.0) * 0.5, 0.0, res - 1.0)
-    i0 = jnp.clip(jnp.floor(f), 0, res - 2).astype(jnp.int32)
-    return i0, f - i0
+def _bilinear_corners(coord, res, outside: str = "border"):
+    """Continuous texel index f = ((x + 1) R - 1) / 2 (centres at integers) → (i0, the
+    weight of i0 + 1, whether i0 and i0 + 1 are texels). 'border': f clamps to [0, R - 1]
+    and i0 <= R - 2 keeps i0 + 1 in range, with weight 1 on it at the last texel (both
+    corners real). 'zeros': i0 = floor(f) may lie outside [0, R); such corners are zero
+    texels (gathered clamped, masked out)."""
+    f = ((coord + 1.0) * res - 1.0) * 0.5
+    if outside == "border":
+        f = jnp.clip(f, 0.0, res - 1.0)
+        i0 = jnp.clip(jnp.floor(f), 0, res - 2).astype(jnp.int32)
+        return i0, f - i0, True, True
+    if outside != "zeros":
+        raise ValueError(f"outside must be 'border' or 'zeros', got {outside!r}")
+    floor = jnp.floor(f)
+    i0 = floor.astype(jnp.int32)
+    return i0, f - floor, (i0 >= 0) & (i0 < res), (i0 >= -1) & (i0 < res - 1)
 
 
 def _plane_coords(points):
@@ -42,31 +55,39 @@ def _plane_coords(points):
     return cols, rows
 
 
-def _plane_lookup(plane: jnp.ndarray, cols: jnp.ndarray, rows: jnp.ndarray) -> jnp.ndarray:
+def _plane_lookup(plane: jnp.ndarray, cols: jnp.ndarray, rows: jnp.ndarray,
+                  outside: str = "border") -> jnp.ndarray:
     """One plane [R, R, C], coordinates [N] → bilinear features [N, C] (float32 at least)."""
     res_v, res_u, channels = plane.shape
     flat = plane.reshape(res_v * res_u, channels)
-    c0, wc = _bilinear_corners(cols, res_u)
-    r0, wr = _bilinear_corners(rows, res_v)
-    base = r0 * res_u + c0
-    f00 = jnp.take(flat, base, axis=0).astype(wc.dtype)
-    f01 = jnp.take(flat, base + 1, axis=0).astype(wc.dtype)
-    f10 = jnp.take(flat, base + res_u, axis=0).astype(wc.dtype)
-    f11 = jnp.take(flat, base + res_u + 1, axis=0).astype(wc.dtype)
+    c0, wc, c0_in, c1_in = _bilinear_corners(cols, res_u, outside)
+    r0, wr, r0_in, r1_in = _bilinear_corners(rows, res_v, outside)
+
+    def texel(r, c, inside):
+        index = jnp.clip(r, 0, res_v - 1) * res_u + jnp.clip(c, 0, res_u - 1)
+        value = jnp.take(flat, index, axis=0).astype(wc.dtype)
+        return value if inside is True else value * inside[:, None].astype(wc.dtype)
+
+    f00 = texel(r0, c0, r0_in & c0_in)
+    f01 = texel(r0, c0 + 1, r0_in & c1_in)
+    f10 = texel(r0 + 1, c0, r1_in & c0_in)
+    f11 = texel(r0 + 1, c0 + 1, r1_in & c1_in)
     wc, wr = wc[:, None], wr[:, None]
     top = f00 + (f01 - f00) * wc
     bottom = f10 + (f11 - f10) * wc
     return top + (bottom - top) * wr
 
 
-def _lookup(planes: jnp.ndarray, points: jnp.ndarray, summed: bool) -> jnp.ndarray:
+def _lookup(planes: jnp.ndarray, points: jnp.ndarray, summed: bool,
+            outside: str = "border") -> jnp.ndarray:
     """One tri-plane [3, R, R, C], points [N, 3] → features [N, 3, C], or [N, C] summed.
 
     Each plane is gathered on its own and summed with plain adds: XLA on the CPU fuses
     one gather over the stacked planes into a reduction over the plane axis ~10× slower.
     """
     cols, rows = _plane_coords(points)
-    xy, yz, zx = (_plane_lookup(planes[k], cols[:, k], rows[:, k]) for k in range(3))
+    xy, yz, zx = (_plane_lookup(planes[k], cols[:, k], rows[:, k], outside)
+                  for k in range(3))
     return xy + yz + zx if summed else jnp.stack([xy, yz, zx], axis=1)
 
 
@@ -82,8 +103,8 @@ def splat_to_triplane(points, features, resolution: int):
     points, features = jnp.asarray(points), jnp.asarray(features)
     res, channels = resolution, features.shape[-1]
     cols, rows = _plane_coords(points)
-    c0, wc = _bilinear_corners(cols, res)
-    r0, wr = _bilinear_corners(rows, res)
+    c0, wc, _, _ = _bilinear_corners(cols, res)
+    r0, wr, _, _ = _bilinear_corners(rows, res)
     base = jnp.arange(3, dtype=jnp.int32) * (res * res) + r0 * res + c0  # [N, 3]
     feats = features.astype(wc.dtype)
     sums = jnp.zeros((3 * res * res, channels), wc.dtype)
@@ -126,7 +147,8 @@ def pull_push_fill(values, coverage):
     return coverage * values + (1.0 - coverage) * parent
 
 
-def triplane_features(planes, points, reduce: str | None = None) -> jnp.ndarray:
+def triplane_features(planes, points, reduce: str | None = None,
+                      outside: str = "border") -> jnp.ndarray:
     """Bilinearly samples the xy, yz and zx planes at points (EG3D §4).
 
     Args:
@@ -135,6 +157,8 @@ def triplane_features(planes, points, reduce: str | None = None) -> jnp.ndarray:
         the leading ``*batch`` dims match the planes' (one tri-plane per batch element).
       reduce: None → [*batch, ..., 3, C] per-plane features; 'sum' / 'mean' → [..., C]
         (EG3D aggregates by mean); 'concat' → [..., 3C] in plane order xy, yz, zx.
+      outside: beyond the texel centres, 'border' clamps and 'zeros' fades to zero
+        texels (the module docstring).
 
     Interpolation runs in float32 at least; the result has the planes' dtype.
     """
@@ -151,10 +175,10 @@ def triplane_features(planes, points, reduce: str | None = None) -> jnp.ndarray:
     flat_planes = planes.reshape((-1,) + planes.shape[nb:])
     flat_points = points.reshape(flat_planes.shape[0], -1, 3)
     if reduce in ("sum", "mean"):
-        feats = jax.vmap(lambda p, x: _lookup(p, x, summed=True))(flat_planes, flat_points)
+        feats = jax.vmap(lambda p, x: _lookup(p, x, True, outside))(flat_planes, flat_points)
         out = feats.reshape(batch + point_shape + (channels,))
         return (out / 3.0 if reduce == "mean" else out).astype(planes.dtype)
-    feats = jax.vmap(lambda p, x: _lookup(p, x, summed=False))(flat_planes, flat_points)
+    feats = jax.vmap(lambda p, x: _lookup(p, x, False, outside))(flat_planes, flat_points)
     feats = feats.reshape(batch + point_shape + (3, channels))
     if reduce is None:
         out = feats

@@ -41,7 +41,10 @@ class ResidualDiscriminator(nn.Module):
     discriminator of StyleGAN2-ADA, Karras et al. 2020, arXiv 2006.06676): the condition
     [B, condition_dim] is mapped by one equalised dense layer to ``cmap_dim`` features
     normalised to unit second moment, the last dense layer gives ``cmap_dim`` features,
-    and the logit is their dot product with the mapped condition over √cmap_dim.
+    and the logit is their dot product with the mapped condition over √cmap_dim. With
+    ``condition_layers`` > 0 the normalised embedding goes on through that many equalised
+    dense + lrelu layers at lr multiplier 0.01 (StyleGAN2-ADA's mapping of the label, as
+    EG3D's discriminator maps its camera: 8).
 
     Logical names: kernels (None, None, 'conv_in', 'conv_out') except where
     the input channel count is small or odd (FromRGB: 3; the conv after
@@ -59,6 +62,7 @@ class ResidualDiscriminator(nn.Module):
 
     condition_dim: int = 0
     cmap_dim: int = 16
+    condition_layers: int = 0
 
     def channels(self, res: int) -> int:
         return min(self.channel_base // res, self.channel_max)
@@ -105,5 +109,26 @@ class ResidualDiscriminator(nn.Module):
         cmap = EqualDense(self.cmap_dim, activation=None, kernel_axes=(None, None),
                           name="condition_map")(condition.astype(jnp.float32))
         cmap = normalize_second_moment(cmap)
+        for i in range(self.condition_layers):
+            cmap = EqualDense(self.cmap_dim, lr_multiplier=0.01, kernel_axes=(None, None),
+                              name=f"condition_fc{i}")(cmap)
         return (jnp.sum(features.astype(jnp.float32) * cmap, axis=-1)
                 / math.sqrt(self.cmap_dim))
+
+
+class DualDiscriminator(nn.Module):
+    """EG3D's dual discriminator (arXiv 2112.07945 §4.2): a (image [B, S, S, 3], raw image
+    [B, r, r, 3]) pair → logits [B]; the raw image is upsampled (bilinear) to S² and
+    concatenated after the image on the channels, so `network` (a `ResidualDiscriminator`)
+    sees 6 channels in the order (image, raw). Its R1 gradient is w.r.t. both inputs."""
+
+    network: ResidualDiscriminator
+
+    @nn.compact
+    def __call__(self, images, condition: jax.Array | None = None) -> jax.Array:
+        image, raw = images
+        b, s = image.shape[0], image.shape[1]
+        upsampled = jax.image.resize(raw.astype(jnp.float32), (b, s, s, raw.shape[-1]),
+                                     "linear")
+        return self.network(jnp.concatenate([image.astype(jnp.float32), upsampled], -1),
+                            condition)

@@ -208,7 +208,10 @@ class GMPIHead:
         return self.generator.init({"params": rng, "noise": rng}, z, normalised,
                                    method=GMPIGenerator.initialize)["params"]
 
-    def mapping(self, params, z: jax.Array) -> jax.Array:
+    def mapping(self, params, z: jax.Array, c: jax.Array | None = None) -> jax.Array:
+        """z → ws; GMPI's mapping takes no camera (`c` must be None)."""
+        if c is not None:
+            raise ValueError("GMPI's generator is not camera-conditioned.")
         return self.generator.apply({"params": params}, z, method=GMPIGenerator.mapping)
 
     def render(self, params, ws: jax.Array, cam_to_world: jax.Array, noise_rng: jax.Array,

@@ -48,15 +48,28 @@ def num_styles(resolution: int) -> int:
 
 
 class MappingNetwork(nn.Module):
-    """z [B, z_dim] → w [B, w_dim]: normalise, then `num_layers` equalised dense + lrelu."""
+    """z [B, z_dim] → w [B, w_dim]: normalise, then `num_layers` equalised dense + lrelu.
+
+    Conditional (``c_dim`` > 0, StyleGAN2-ADA's mapping as EG3D conditions it on the
+    camera): c [B, c_dim] is embedded by an equalised dense layer to w_dim features,
+    both halves are normalised to unit second moment and concatenated before the layers.
+    """
 
     w_dim: int = 512
     num_layers: int = 8
     lr_multiplier: float = 0.01
+    c_dim: int = 0
 
     @nn.compact
-    def __call__(self, z: jax.Array) -> jax.Array:
+    def __call__(self, z: jax.Array, c: jax.Array | None = None) -> jax.Array:
+        if (c is None) != (self.c_dim == 0):
+            raise ValueError(f"c_dim={self.c_dim}: pass c exactly when the mapping is "
+                             "conditional.")
         x = normalize_second_moment(z.astype(jnp.float32))
+        if c is not None:
+            embedded = EqualDense(self.w_dim, activation=None, kernel_axes=(None, "embed"),
+                                  name="embed")(c.astype(jnp.float32))
+            x = jnp.concatenate([x, normalize_second_moment(embedded)], axis=-1)
         for i in range(self.num_layers):
             x = EqualDense(self.w_dim, lr_multiplier=self.lr_multiplier,
                            kernel_axes=("embed", "mlp"), name=f"fc{i}")(x)
@@ -129,7 +142,8 @@ class SynthesisNetwork(nn.Module):
     """ws [B, num_styles, w_dim] → image [B, R, R, channels] float32 (skip architecture).
 
     ``with_features`` also returns each resolution's features {r: [B, r, r, C_r]}, which
-    heads built on StyleGAN2 read (GMPI's alpha branch).
+    heads built on StyleGAN2 read (GMPI's alpha branch); ``with_images`` instead the skip
+    path's image at each resolution {r: [B, r, r, channels]} (Mimic3D's 3D branch).
     """
 
     resolution: int = 256
@@ -140,7 +154,7 @@ class SynthesisNetwork(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, ws: jax.Array, with_features: bool = False):
+    def __call__(self, ws: jax.Array, with_features: bool = False, with_images: bool = False):
         log2 = int(math.log2(self.resolution))
         if 2**log2 != self.resolution or log2 < 2:
             raise ValueError(f"resolution must be a power of two ≥ 4, got {self.resolution}")
@@ -154,14 +168,16 @@ class SynthesisNetwork(nn.Module):
         x = jnp.broadcast_to(const.astype(self.dtype), (ws.shape[0],) + const.shape)
         x = layer(width(4), "b4_conv1")(x, ws[:, 0])
         image = ToRGB(self.channels, self.dtype, name="b4_torgb")(x, ws[:, 1])
-        features = {4: x}
+        features, images = {4: x}, {4: image}
         for i, res in enumerate(2**k for k in range(3, log2 + 1)):
             w0, w1, w_rgb = ws[:, 2 * i + 1], ws[:, 2 * i + 2], ws[:, 2 * i + 3]
             x = layer(width(res), f"b{res}_conv0", up=2)(x, w0)
             x = layer(width(res), f"b{res}_conv1")(x, w1)
             image = upsample2d(image) + ToRGB(self.channels, self.dtype,
                                               name=f"b{res}_torgb")(x, w_rgb)
-            features[res] = x
+            features[res], images[res] = x, image
+        if with_images:
+            return image, images
         return (image, features) if with_features else image
 
 
@@ -182,16 +198,17 @@ class Generator(nn.Module):
     channels: int = 3
     use_noise: bool = True
     dtype: Dtype = jnp.float32
+    c_dim: int = 0  # a conditional mapping (EG3D's camera): `mapping(z, c)`
 
     def setup(self):
-        self.mapping_network = MappingNetwork(self.w_dim, self.mapping_layers)
+        self.mapping_network = MappingNetwork(self.w_dim, self.mapping_layers, c_dim=self.c_dim)
         self.synthesis_network = SynthesisNetwork(
             self.resolution, self.channels, self.channel_base, self.channel_max,
             self.use_noise, self.dtype)
 
-    def mapping(self, z: jax.Array) -> jax.Array:
-        """z → ws [B, num_styles, w_dim] (the same w for every layer)."""
-        w = self.mapping_network(z)
+    def mapping(self, z: jax.Array, c: jax.Array | None = None) -> jax.Array:
+        """z (and c) → ws [B, num_styles, w_dim] (the same w for every layer)."""
+        w = self.mapping_network(z, c)
         return jnp.broadcast_to(w[:, None], (w.shape[0], num_styles(self.resolution),
                                              w.shape[-1]))
 

@@ -261,22 +261,32 @@ class ModulatedConv2d(nn.Module):
         weight = self.param("kernel", partitioned(nn.initializers.normal(1.0),
                                                   self.kernel_axes),
                             (k, k, in_ch, self.features), self.param_dtype)
-        weight = jnp.asarray(weight, jnp.float32) / math.sqrt(k * k * in_ch)
-        x = (x.astype(jnp.float32) * styles[:, None, None, :]).astype(self.dtype)
-        conv = weight.astype(self.dtype)
-        if self.up == 1:
-            y = jax.lax.conv_general_dilated(
-                x, conv, (1, 1), ((k // 2, (k - 1) // 2),) * 2,
-                dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        else:
-            y = jax.lax.conv_general_dilated(
-                x, conv, (1, 1), ((k - 1, k - 1),) * 2, lhs_dilation=(2, 2),
-                dimension_numbers=("NHWC", "HWIO", "NHWC"))
-            # The zeros take 3/4 of the samples: the filter's DC gain is up² = 4.
-            y = upfirdn2d(y, pad=(1, 1)) * jnp.asarray(4.0, y.dtype)
-        if self.demodulate:
-            # Σ_{i,k} (s_i w_ijk)² per sample and output channel [B, out].
-            energy = jnp.einsum("bi,io->bo", jnp.square(styles),
-                                jnp.sum(jnp.square(weight), axis=(0, 1)))
-            y = y * jax.lax.rsqrt(energy + 1e-8)[:, None, None, :].astype(y.dtype)
-        return y
+        return modulated_conv(x, styles, weight, up=self.up, demodulate=self.demodulate,
+                              dtype=self.dtype)
+
+
+def modulated_conv(x: jax.Array, styles: jax.Array, weight: jax.Array, *, up: int = 1,
+                   demodulate: bool = True, dtype: Dtype = jnp.float32) -> jax.Array:
+    """StyleGAN2's modulated convolution of x [B, H, W, in] by styles [B, in] with the
+    stored (unit-variance) kernel [k, k, in, out]: equalised by 1/√(k²·in), input channels
+    scaled by the styles, the outputs demodulated (`ModulatedConv2d`)."""
+    k, in_ch = weight.shape[0], weight.shape[2]
+    weight = jnp.asarray(weight, jnp.float32) / math.sqrt(k * k * in_ch)
+    x = (x.astype(jnp.float32) * styles[:, None, None, :]).astype(dtype)
+    conv = weight.astype(dtype)
+    if up == 1:
+        y = jax.lax.conv_general_dilated(
+            x, conv, (1, 1), ((k // 2, (k - 1) // 2),) * 2,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    else:
+        y = jax.lax.conv_general_dilated(
+            x, conv, (1, 1), ((k - 1, k - 1),) * 2, lhs_dilation=(2, 2),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        # The zeros take 3/4 of the samples: the filter's DC gain is up² = 4.
+        y = upfirdn2d(y, pad=(1, 1)) * jnp.asarray(4.0, y.dtype)
+    if demodulate:
+        # Σ_{i,k} (s_i w_ijk)² per sample and output channel [B, out].
+        energy = jnp.einsum("bi,io->bo", jnp.square(styles),
+                            jnp.sum(jnp.square(weight), axis=(0, 1)))
+        y = y * jax.lax.rsqrt(energy + 1e-8)[:, None, None, :].astype(y.dtype)
+    return y

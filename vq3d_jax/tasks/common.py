@@ -3,13 +3,43 @@ optimizers and their learning-rate schedules, picture grids and per-pixel map he
 
 from __future__ import annotations
 
+import json
+import os
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 # Keys of TrainState.params (and opt_state) that name the networks.
 GENERATOR = "generator"
 DISCRIMINATOR = "discriminator"
+
+
+def run_config(workdir: str, key: str, hint: str) -> ml_collections.ConfigDict:
+    """The config another run was trained with (its workdir's config.json); `key` names
+    the setting that points at it, `hint` how to make such a run."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{key}={workdir!r} has no config.json: point it at the --workdir of {hint}.")
+    with open(path, encoding="utf-8") as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def overlay_shared(base, other, where: str = ""):
+    """`base` (nested dicts of arrays) with every leaf that `other` has at the same path
+    taken from `other`; what only `base` has stays. A shared leaf of another shape is an
+    error naming its path."""
+    if not isinstance(base, dict):
+        if getattr(base, "shape", None) != getattr(other, "shape", None):
+            raise ValueError(f"{where or 'the tree'}: shape {getattr(other, 'shape', None)} in "
+                             f"the other run, {getattr(base, 'shape', None)} here.")
+        return other
+    if not isinstance(other, dict):
+        raise ValueError(f"{where}: a sub-tree here, a leaf in the other run.")
+    return {k: overlay_shared(v, other[k], f"{where}/{k}") if k in other else v
+            for k, v in base.items()}
 
 
 def images_to_float(images: jax.Array) -> jax.Array:

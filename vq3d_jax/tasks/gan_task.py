@@ -1,18 +1,17 @@
 """A 3D-aware GAN trained on single views with their cameras (`task = "gan"`), generic
-over its head (GMPI now; the tri-plane GAN next): StyleGAN2-ADA's training recipe
-(Karras et al. 2020) with GMPI's pose-conditioned discriminator (arXiv 2207.10642 §3.3).
+over its head: the multiplane head (GMPI, GMNR: tasks/gan_multiplane.py) or the tri-plane
+head (EG3D, Mimic3D: tasks/gan_triplane.py). StyleGAN2-ADA's training recipe (Karras et
+al. 2020) with a pose-conditioned discriminator.
 
-Per step, one generator then one discriminator update (the GAN kit, tasks/gan.py):
-- G: z → ws (style mixing with a second z) → the head renders each sample at
-  `loss.views_per_z` cameras drawn from the pose distribution; the D scores each view
-  under its pose and G takes the non-saturating loss of the worst-scored view of each z
-  (GMPI's "update G on the worst of N views"; N = 1 is plain).
-- D: real images under their dataset poses against the rendered fakes under theirs;
-  lazy R1 on the reals. Poses enter as the flattened world-to-camera matrix of the camera
-  at that (yaw, pitch) on the pose sphere, reals' angles read off their cam-to-world.
-- GMNR (`loss.view_consistency` > 0): each z is also rendered at its first view's yaw
-  mirrored about the mean, warped into the first view through the first view's depth,
-  and G adds the weighted SSIM + L1 view-consistency loss (arXiv 2304.01172 §3.3).
+Per step, one generator then one update of each discriminator (the GAN kit, tasks/gan.py):
+- G: z (and, for the tri-plane head, the camera label) → ws (style mixing with a second
+  z) → the head renders each sample at `loss.views_per_z` cameras drawn from the pose
+  distribution; the main D scores each view under its camera and G takes the
+  non-saturating loss of the worst-scored view of each z (GMPI's "update G on the worst
+  of N views"; N = 1 is plain), plus the head's own terms (GMNR's view consistency,
+  EG3D's density regulariser, Mimic3D's imitation and patch adversarial loss).
+- Each D: real images (as the head shows them to it) under their dataset poses, placed on
+  the pose sphere, against the first view of each fake; lazy R1 on the reals.
 - model_state: the generator EMA (StyleGAN2 §B) and the tracked average w (truncation).
 
 Eval: the multi-view consistency of samples (`eval_step`), FID/KID and SWD of
@@ -22,41 +21,34 @@ images over their depth maps and an orbit per sample.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vq3d_jax import geometry as geo
 from vq3d_jax import losses
-from vq3d_jax.geometry import pose_sampling, shading
+from vq3d_jax.geometry import pose_sampling
 from vq3d_jax.models import stylegan2
-from vq3d_jax.models.discriminator import ResidualDiscriminator
-from vq3d_jax.models.gmpi import GMPIHead
 from vq3d_jax.tasks import gan
 from vq3d_jax.tasks.common import (
-    DISCRIMINATOR,
     GENERATOR,
     image_grid,
     images_to_float,
     images_to_uint8,
     make_optimizer,
+    overlay_shared,
+    run_config,
 )
+from vq3d_jax.tasks.gan_multiplane import MultiplaneTraining, warp_view
+from vq3d_jax.tasks.gan_triplane import TriplaneTraining
 from vq3d_jax.train import accumulation
 from vq3d_jax.train.state import TrainState
+from vq3d_jax.train.task import Pretrained
 from vq3d_jax.visualize import colorize_depth
 
-HEADS = {"gmpi": GMPIHead}
+HEADS = {"gmpi": MultiplaneTraining, "triplane": TriplaneTraining}
 EVAL_POSES = ("sampled", "canonical")  # FID/KID/SWD images: novel views or the mean pose
 W_AVERAGE = "w_average"
-
-
-def pose_condition(yaw_pitch: jax.Array, poses: pose_sampling.PoseDistribution) -> jax.Array:
-    """(yaw, pitch) [..., 2] → the flattened world-to-camera [..., 16] the D is given."""
-    c2w = pose_sampling.cameras_at(yaw_pitch, poses)
-    return jnp.linalg.inv(c2w).reshape(yaw_pitch.shape[:-1] + (16,))
 
 
 def yaw_pitch_of(cam_to_world: jax.Array, elevation_deg: float) -> jax.Array:
@@ -81,20 +73,15 @@ class GANTask:
         self.poses = pose_sampling.PoseDistribution(
             yaw_std=cam.yaw_std, pitch_std=cam.pitch_std, truncation=cam.truncation,
             radius=cam.radius, center_depth=cam.radius)
-        self.head = HEADS[m.head](m, self.poses, cam.fov_deg)
+        self.training = HEADS[m.head](config, self.poses)
+        self.head = self.training.head
+        self.discriminators = self.training.discriminators
         self.image_size = int(config.data.image_size)
         if self.image_size != self.head.size:
             raise ValueError(f"data.image_size={self.image_size} but the generator renders "
                              f"{self.head.size}² (model.resolution).")
-        network = ResidualDiscriminator(
-            resolution=self.image_size, channel_base=m.disc_channel_base,
-            channel_max=m.disc_channel_max, mbstd_group_size=m.disc_mbstd_group_size,
-            condition_dim=16, cmap_dim=m.disc_cmap_dim, dtype=jnp.dtype(m.dtype))
-        loss, o = config.loss, config.optim
-        self.generator_tx, self.generator_lr = make_optimizer(o.generator, config.total_steps)
-        disc_tx, _ = make_optimizer(o.discriminator, config.total_steps)
-        self.discriminator = gan.Discriminator(DISCRIMINATOR, network, disc_tx, loss.r1_gamma,
-                                               int(loss.r1_every))
+        self.generator_tx, self.generator_lr = make_optimizer(config.optim.generator,
+                                                              config.total_steps)
         self.num_sample_images = int(config.sample.num_images)
         self.eval_pose = config.eval.get("pose", "sampled")
         if self.eval_pose not in EVAL_POSES:
@@ -108,14 +95,13 @@ class GANTask:
     # -- state -------------------------------------------------------------------------
     def init_state(self, rng: jax.Array) -> TrainState:
         g_rng, d_rng, step_rng = jax.random.split(rng, 3)
-        images = jnp.zeros((1, self.image_size, self.image_size, 3), jnp.float32)
-        params = {
-            GENERATOR: self.head.init(g_rng),
-            DISCRIMINATOR: self.discriminator.network.init(
-                d_rng, images, jnp.zeros((1, 16), jnp.float32))["params"],
-        }
-        opt_state = {GENERATOR: self.generator_tx.init(params[GENERATOR]),
-                     DISCRIMINATOR: self.discriminator.tx.init(params[DISCRIMINATOR])}
+        params = {GENERATOR: self.head.init(g_rng)}
+        for i, d in enumerate(self.discriminators):
+            key = d_rng if i == 0 else jax.random.fold_in(d_rng, i)
+            params[d.name] = d.network.init(
+                key, *self.training.discriminator_inputs(d.name))["params"]
+        opt_state = {GENERATOR: self.generator_tx.init(params[GENERATOR])}
+        opt_state.update({d.name: d.tx.init(params[d.name]) for d in self.discriminators})
         model_state = {gan.GENERATOR_EMA: params[GENERATOR],
                        W_AVERAGE: jnp.zeros((self.config.model.w_dim,), jnp.float32)}
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
@@ -124,16 +110,35 @@ class GANTask:
     def inference_generator(self, state):
         return gan.inference_generator(state)
 
+    def pretrained(self) -> list[Pretrained]:
+        """With `stage1.workdir` (Mimic3D's stage 2): that run's networks, EMA and w̄ start
+        this one wherever the two have the same sub-tree; the rest (the detail planes,
+        the patch D) and the optimizer states start fresh, as the official code resumes."""
+        workdir = self.config.get("stage1", {}).get("workdir", "")
+        if not workdir:
+            return []
+        stage1 = GANTask(run_config(workdir, "stage1.workdir", "a stage-1 run of this model "
+                                    "(e.g. --config=configs/mimic3d.py:tiny)"))
+
+        def merge(state, other):
+            return state.replace(params=overlay_shared(state.params, other.params),
+                                 model_state=overlay_shared(state.model_state,
+                                                            other.model_state))
+
+        return [Pretrained(name="stage1", workdir=workdir, task=stage1, select=lambda s: s,
+                           merge=merge)]
+
     # -- training ----------------------------------------------------------------------
-    def styles(self, g_params, keys: jax.Array) -> jax.Array:
-        """ws [B, n, w_dim] of fresh z, mixed with a second z's (StyleGAN §3.1); one key
-        per sample `keys` [B]."""
+    def styles(self, g_params, keys: jax.Array, condition=None) -> jax.Array:
+        """ws [B, n, w_dim] of fresh z (and the camera labels `condition` [B, c], for a
+        pose-conditioned head), mixed with a second z's (StyleGAN §3.1); one key per
+        sample `keys` [B]."""
         z_keys, other_keys, mix_keys = jax.vmap(lambda k: tuple(jax.random.split(k, 3)))(keys)
         draw = jax.vmap(lambda k: jax.random.normal(k, (self.head.z_dim,)))
-        ws = self.head.mapping(g_params, draw(z_keys))
+        ws = self.head.mapping(g_params, draw(z_keys), condition)
         p = self.config.loss.style_mixing
         if p > 0:
-            other = self.head.mapping(g_params, draw(other_keys))
+            other = self.head.mapping(g_params, draw(other_keys), condition)
             ws = jax.vmap(lambda k, w, o: stylegan2.mix_styles(k, w[None], o[None], p)[0])(
                 mix_keys, ws, other)
         return ws
@@ -151,28 +156,12 @@ class GANTask:
             cameras = jnp.take_along_axis(cameras, pick[:, None, None, None], 1)[:, 0]
         return images_to_float(images), cameras
 
-    def light(self, keys: jax.Array, step) -> shading.Light | None:
-        """GMPI's shading augmentation (`loss.shading`): a light per sample (its key in
-        `keys` [B]) on the camera sphere, yaw N(0, σ_h), pitch N(μ_v, σ_v) above the
-        object (2σ truncation), shining at its centre, ramped in linearly from
-        `start_step` over `ramp_steps`."""
-        cfg = self.config.loss.get("shading")
-        if cfg is None or not cfg.enabled:
-            return None
-        lights = dataclasses.replace(self.poses, yaw_std=cfg.yaw_std, pitch_std=cfg.pitch_std,
-                                     yaw_mean=0.0, pitch_mean=-cfg.elevation, truncation=2.0)
-        position = jax.vmap(
-            lambda k: pose_sampling.sample_cameras(k, 1, lights)[0][0, :3, 3])(keys)
-        direction, _ = geo.normalize_directions(self.poses.center() - position)
-        strength = jnp.clip((step - cfg.start_step) / max(cfg.ramp_steps, 1), 0.0, 1.0)
-        return shading.Light(direction, float(cfg.ka), float(cfg.kd), strength)
-
     def train_step(self, state: TrainState, batch):
-        """One G and one D update from the same state; with `grad_accum_steps` = k the
-        gradients of both (the D's R1 term too: a batch mean) are averaged over k
-        micro-batches (train/accumulation.py). z, cameras, lights and real views are drawn
-        per example, so they do not depend on k (GMNR's α-guided pixels too); the synthesis
-        noise is drawn per micro-batch (the same distribution, other draws)."""
+        """One G and one update of each D from the same state; with `grad_accum_steps` = k
+        the gradients of all (the Ds' R1 terms too: batch means) are averaged over k
+        micro-batches (train/accumulation.py). z, cameras, lights, windows and real views
+        are drawn per example, so they do not depend on k (GMNR's α-guided pixels too);
+        the synthesis noise is drawn per micro-batch (the same distribution, other draws)."""
         rng = jax.random.fold_in(state.rng, state.step)
         example_rng, noise_rng = jax.random.split(rng)
         b = batch["image"].shape[0]
@@ -180,27 +169,27 @@ class GANTask:
         grads, metrics, per_example = accumulation.mean_over_microbatches(
             lambda one: self._gradients(state, *one, noise_rng), inputs,
             accumulation.steps_of(self.config))
-        g_params, g_opt = gan.apply_gradients(
+        params, opt_state = {}, {}
+        params[GENERATOR], opt_state[GENERATOR] = gan.apply_gradients(
             self.generator_tx, grads[GENERATOR], state.opt_state[GENERATOR],
             state.params[GENERATOR])
-        # Both networks train from the first step (a GAN has no loss without its D), so
-        # the D's update is not gated.
-        d_params, d_opt = gan.apply_gradients(
-            self.discriminator.tx, grads[DISCRIMINATOR], state.opt_state[DISCRIMINATOR],
-            state.params[DISCRIMINATOR])
+        # Every network trains from the first step (a GAN has no loss without its D), so
+        # no D's update is gated.
+        for d in self.discriminators:
+            params[d.name], opt_state[d.name] = gan.apply_gradients(
+                d.tx, grads[d.name], state.opt_state[d.name], state.params[d.name])
         ema = self.config.ema
         beta = gan.ema_decay(state.step, self.config.global_batch_size, ema.half_life_images,
                              ema.rampup)
         model_state = {
-            gan.GENERATOR_EMA: gan.update_ema(state.model_state[gan.GENERATOR_EMA], g_params,
-                                              beta),
+            gan.GENERATOR_EMA: gan.update_ema(state.model_state[gan.GENERATOR_EMA],
+                                              params[GENERATOR], beta),
             W_AVERAGE: stylegan2.track_w_average(state.model_state[W_AVERAGE],
                                                  per_example["w"],
                                                  self.config.model.w_average_beta),
         }
-        new_state = state.replace(
-            step=state.step + 1, params={GENERATOR: g_params, DISCRIMINATOR: d_params},
-            opt_state={GENERATOR: g_opt, DISCRIMINATOR: d_opt}, model_state=model_state)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                                  model_state=model_state)
         return new_state, {
             **metrics,
             "train/learning_rate": self.generator_lr(state.step),
@@ -208,59 +197,60 @@ class GANTask:
         }
 
     def _gradients(self, state: TrainState, batch, keys, index, noise_rng):
-        """G's and D's gradients on the examples `index` of the step's batch (`keys`: a
-        PRNG key each) → (grads, metric means, {'w': each sample's first w})."""
-        cfg = self.config.loss
-        style_keys, camera_keys, view_keys, light_keys, pixel_keys = jax.vmap(
+        """G's and each D's gradients on the examples `index` of the step's batch (`keys`:
+        a PRNG key each) → (grads, metric means, {'w': each sample's first w})."""
+        style_keys, camera_keys, view_keys, head_a, head_b = jax.vmap(
             lambda k: tuple(jax.random.split(k, 5)))(keys)
+        head_keys = (head_a, head_b)
         noise_rng = jax.random.fold_in(noise_rng, index[0])  # one per micro-batch
         reals, real_cameras = self.real_views(batch, view_keys)
         b = reals.shape[0]
-        views = int(cfg.views_per_z)
-        d_params = state.params[DISCRIMINATOR]
+        views = int(self.config.loss.views_per_z)
+        main, *others = self.discriminators
+        d_params = {d.name: state.params[d.name] for d in self.discriminators}
         yaw_pitch = jax.vmap(lambda k: pose_sampling.sample_yaw_pitch(k, views, self.poses))(
             camera_keys)
         cameras = pose_sampling.cameras_at(yaw_pitch, self.poses)
-
-        consistency = float(cfg.get("view_consistency", 0.0))
-        if consistency > 0:
-            # GMNR: a second render of each z at its first view's yaw mirrored about the
-            # mean yaw, for the view-consistency loss.
-            mirrored = yaw_pitch[:, :1] * jnp.asarray([-1.0, 1.0]) + jnp.asarray(
-                [2.0 * self.poses.yaw_mean, 0.0])
-            cameras = jnp.concatenate([cameras, pose_sampling.cameras_at(mirrored,
-                                                                         self.poses)], 1)
-
-        light = self.light(light_keys, state.step)
+        condition = self.training.condition(cameras)  # [B, V, c]
 
         def generator_loss(g_params):
-            ws = self.styles(g_params, style_keys)
-            rendered = self.head.render(g_params, ws, cameras, noise_rng, light=light,
-                                        sampling_keys=pixel_keys)
-            fakes = rendered["image"][:, :views]
-            condition = pose_condition(yaw_pitch, self.poses)
-            logits = self.discriminator.logits(
-                d_params, fakes.reshape((b * views,) + fakes.shape[2:]),
-                condition.reshape(b * views, 16)).reshape(b, views)
+            ws = self.styles(g_params, style_keys,
+                             self.training.generator_condition(cameras[:, 0], head_keys,
+                                                               state.step))
+            fakes, terms, other_fakes = self.training.generator_pass(
+                g_params, ws, cameras, yaw_pitch, noise_rng, head_keys, state.step)
+            flat = jax.tree.map(lambda x: x.reshape((b * views,) + x.shape[2:]), fakes)
+            logits = main.logits(d_params[main.name], flat,
+                                 condition.reshape((b * views, -1))).reshape(b, views)
             # The view of each z the D finds least real.
             loss = losses.nonsaturating_generator_loss(jnp.min(logits, axis=1))
-            extra = {}
-            if consistency > 0:
-                warped, visible = self.warp_view(rendered, cameras, source=-1, target=0)
-                extra["loss/view_consistency"] = losses.view_consistency_loss(
-                    (rendered["image"][:, 0] + 1.0) / 2.0, (warped + 1.0) / 2.0, visible)
-                loss = loss + consistency * extra["loss/view_consistency"]
-            first = (fakes[:, 0], condition[:, 0])
-            return loss, (first, ws, extra)
+            metrics = {}
+            for name, (term, weight) in terms.items():
+                loss, metrics[name] = loss + weight * term, term
+            for d in others:
+                d_fakes, weight = other_fakes[d.name]
+                adversarial = losses.nonsaturating_generator_loss(
+                    d.logits(d_params[d.name], d_fakes))
+                loss, metrics[f"loss/g_{d.prefix}adv"] = loss + weight * adversarial, \
+                    adversarial
+            first = jax.tree.map(lambda x: x[:, 0], fakes)
+            return loss, (first, {d: f for d, (f, _) in other_fakes.items()}, ws, metrics)
 
-        (g_loss, ((fakes, fake_condition), ws, extra)), g_grads = jax.value_and_grad(
+        (g_loss, (fakes, other_fakes, ws, extra)), g_grads = jax.value_and_grad(
             generator_loss, has_aux=True)(state.params[GENERATOR])
-        real_condition = pose_condition(
-            yaw_pitch_of(real_cameras, self.config.camera.elevation_deg), self.poses)
-        d_grads, d_metrics = self.discriminator.gradients(
-            d_params, reals, fakes, state.step, real_condition, fake_condition)
-        return ({GENERATOR: g_grads, DISCRIMINATOR: d_grads},
-                {"loss/g": g_loss, **extra, **d_metrics}, {"w": ws[:, 0]})
+        real_inputs = self.training.real_inputs(reals, head_keys, state.step)
+        real_condition = self.training.condition(pose_sampling.cameras_at(
+            yaw_pitch_of(real_cameras, self.config.camera.elevation_deg), self.poses))
+        grads, metrics = {GENERATOR: g_grads}, {"loss/g": g_loss, **extra}
+        grads[main.name], d_metrics = main.gradients(
+            d_params[main.name], real_inputs[main.name], fakes, state.step, real_condition,
+            condition[:, 0])
+        metrics.update(d_metrics)
+        for d in others:
+            grads[d.name], d_metrics = d.gradients(
+                d_params[d.name], real_inputs[d.name], other_fakes[d.name], state.step)
+            metrics.update(d_metrics)
+        return grads, metrics, {"w": ws[:, 0]}
 
     # -- samples ----------------------------------------------------------------------
     def generate(self, state, index: jax.Array, cameras: jax.Array, psi: float) -> dict:
@@ -269,10 +259,10 @@ class GANTask:
         keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
             jax.random.key(int(self.config.sample.seed)), index)
         z = jax.vmap(lambda k: jax.random.normal(k, (self.head.z_dim,)))(keys)
-        ws = stylegan2.truncate(self.head.mapping(g, z), state.model_state[W_AVERAGE], psi)
-        return self.head.render(g, ws, cameras, jax.random.key(0),
-                                num_planes=int(self.config.model.num_planes_eval),
-                                sample_fraction=1.0)
+        condition = self.training.inference_condition(index.shape[0])
+        ws = stylegan2.truncate(self.head.mapping(g, z, condition),
+                                state.model_state[W_AVERAGE], psi)
+        return self.training.generate(g, ws, cameras, jax.random.key(0), state.step)
 
     def eval_step(self, state, batch):
         """Multi-view consistency of each sample (one per eval index, ψ = 1): rendered at
@@ -285,23 +275,8 @@ class GANTask:
         angles = jnp.asarray([[0.0, 0.0], [edge, 0.0]], jnp.float32)
         cameras = jnp.broadcast_to(pose_sampling.cameras_at(angles, self.poses), (b, 2, 4, 4))
         out = self.generate(state, batch["index"], cameras, 1.0)
-        warped, visible = self.warp_view(out, cameras, source=0, target=1)
+        warped, visible = warp_view(out, cameras, self.head.intrinsics, source=0, target=1)
         return {"multiview_psnr": losses.masked_psnr(warped, out["image"][:, 1], visible)}
-
-    def warp_view(self, rendered, cameras, source: int, target: int):
-        """View `source` of each render ({'image', 'depth', 'opacity'} [B, V, ...]) seen
-        from view `target`'s camera through the target's rendered depth
-        (`geometry.backward_warp`: intrinsics and perspective divide) → (image
-        [B, S, S, 3], visible [B, S, S])."""
-        depth = rendered["depth"][:, target] / jnp.maximum(rendered["opacity"][:, target],
-                                                           1e-6)
-        k = self.head.intrinsics
-
-        def warp(image, target_depth, source_c2w, target_c2w):
-            return geo.backward_warp(image, k, source_c2w, target_depth, k, target_c2w)
-
-        return jax.vmap(warp)(rendered["image"][:, source], depth, cameras[:, source],
-                              cameras[:, target])
 
     def fid_images(self, state, batch):
         """One sample per eval image, at a pose drawn from the training distribution

@@ -21,9 +21,7 @@ then needs a stage-1 run and says so.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +33,7 @@ from vq3d_jax.tasks.common import (
     image_grid,
     images_to_float,
     make_optimizer,
+    run_config,
 )
 from vq3d_jax.train import accumulation
 from vq3d_jax.train.state import TrainState
@@ -46,15 +45,8 @@ STAGE1 = "stage1"
 
 def load_stage1_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a stage-1 run was trained with (its workdir's config.json)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"stage1.workdir={workdir!r} has no config.json: point it at the --workdir of a "
-            "stage-1 run (python -m vq3d_jax.main --config=configs/vq3d_stage1.py:tiny "
-            "--workdir=DIR)."
-        )
-    with open(path, encoding="utf-8") as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    config = run_config(workdir, "stage1.workdir", "a stage-1 run (python -m vq3d_jax.main "
+                        "--config=configs/vq3d_stage1.py:tiny --workdir=DIR)")
     # Stage 2 never computes stage-1 losses: nothing of them needs loading.
     config.loss.lpips_weights = ""
     if "generator" not in config.optim:  # runs saved before per-network optimizer blocks

@@ -153,8 +153,11 @@ def load_pretrained(rt: Runtime, state) -> tuple[Any, dict[str, int]]:
         if restored is None:
             raise FileNotFoundError(f"{spec.name}: no checkpoint under {directory}.")
         other, steps[spec.name] = restored
-        value = jax.device_put(spec.select(other), _subtree(rt.state_shardings, spec.into))
-        state = _with_subtree(state, spec.into, value)
+        if spec.merge is not None:
+            state = jax.device_put(spec.merge(state, spec.select(other)), rt.state_shardings)
+        else:
+            value = jax.device_put(spec.select(other), _subtree(rt.state_shardings, spec.into))
+            state = _with_subtree(state, spec.into, value)
         logging.info("%s: weights of step %d from %s", spec.name, steps[spec.name], directory)
     return state, steps
 

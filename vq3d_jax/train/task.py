@@ -118,14 +118,17 @@ class Pretrained:
 
     `task` rebuilds that run's state (abstractly: nothing is initialised); `select`
     picks the sub-tree to take from it; `into` says where it goes in this task's state:
-    an attribute of the TrainState, then dict keys, e.g. ('model_state', 'stage1').
+    an attribute of the TrainState, then dict keys, e.g. ('model_state', 'stage1'). Or
+    `merge(state, selected)` returns the new state itself (e.g. every network the other
+    run also has, Mimic3D's stage 2 on its stage 1), and `into` is unused.
     """
 
     name: str
     workdir: str
     task: Task
     select: Callable[[Any], Any]
-    into: tuple[str, ...]
+    into: tuple[str, ...] = ()
+    merge: Callable[[Any, Any], Any] | None = None
 
 
 @runtime_checkable
