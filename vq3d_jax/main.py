@@ -179,7 +179,10 @@ def _run_mode() -> None:
             sys.exit(f"FATAL: {err}")
         return
 
-    task = get_task(config)
+    try:
+        task = get_task(config)  # a setting the model cannot work with: one line
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"FATAL: {err}")
     runtime = loop.build_runtime(task, config)
 
     def make_eval_iter():
