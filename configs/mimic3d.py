@@ -36,6 +36,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     t.conv3d_resolutions = tuple(2**k for k in range(2, 9))
     if base == "tiny":
         t.conv3d_resolutions = (8, 16, 32)  # [choice] from 8² to the 32² planes
+    if base == "afhqcats512":
+        c.loss.pose_swap_probability = 0.5  # Mimic3D keeps gpc_reg_prob's default
     if preset == base:
         # Stage 1: EG3D's training with the 3D branch (kimg of the released snapshots:
         # 20,800 FFHQ; 4,000 AFHQ, fine-tuned from FFHQ's).
@@ -53,6 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.loss.update(imitation=1.0, patch_size=64, patch_adversarial=0.1, patch_r1_gamma=1.0,
                   require_lpips=True, density_reg_offset=0.002, blur_sigma=0.0,
                   pose_swap_fade_images=0)
+    c.ema.rampup = 0.0  # a resumed run keeps stage 1's EMA (train.py: ema_rampup=None)
     if base == "ffhq512":
         c.total_steps = 17_000_000 // 32  # the released stage-2 snapshot's kimg
     elif base == "afhqcats512":

@@ -11,7 +11,8 @@ with --config.data.codes_dir.
 eval split, a reconstruction, a colour-mapped depth map, an orbit video and,
 with --mesh, a .ply mesh, under --output_dir (default WORKDIR/render/<step>). For a
 generator (the GAN heads) it renders --seeds (default 0..--num_images-1): per seed the
-sample, its depth map and an orbit video with the depth beside it.
+sample, its depth map, an orbit video with the depth beside it and, with --mesh (the
+tri-plane heads: EG3D, Mimic3D), the sample's .ply mesh.
 
 --mode=plan prints what the config's train step costs per device on its mesh, without
 allocating the model or reading data, on the host CPU in seconds (vq3d_jax/plan.py):
@@ -81,8 +82,8 @@ _PLAN_DEVICES = flags.DEFINE_integer(
     "--mode=plan: devices to plan for (default: the mesh's sizes' product, -1 counting 1).")
 _PLAN_ACCELERATOR = flags.DEFINE_string(
     "plan_accelerator", "h100", "--mode=plan: the chip whose peak, HBM bandwidth and memory "
-    "the plan is held against (vq3d_jax/plan.py:ACCELERATORS: v4, v5e, v5p, v6e, a100, h100, "
-    "h200).")
+    "the plan is held against (vq3d_jax/planning/roofline.py:ACCELERATORS: v4, v5e, v5p, v6e, "
+    "a100, h100, h200).")
 _PLAN_MFU = flags.DEFINE_float(
     "plan_mfu", 0.4, "--mode=plan: the MFU assumed for the compute time of a step.")
 _PLAN_COMPILE = flags.DEFINE_enum(
@@ -265,30 +266,40 @@ def _splits_read(config) -> list[str]:
 
 def _render(runtime, state, step: int, workdir: str) -> None:
     from vq3d_jax import render_mode
-    from vq3d_jax.train.task import RendersSamples
+    from vq3d_jax.train.task import CapabilityError, RendersSamples
 
     config = runtime.config
     out_dir = _OUTPUT_DIR.value or os.path.join(workdir, "render", str(step))
-    if isinstance(runtime.task, RendersSamples):
-        try:
-            seeds = ([int(s) for s in _SEEDS.value.split(",") if s.strip()] if _SEEDS.value
-                     else list(range(_NUM_IMAGES.value)))
-        except ValueError:
-            sys.exit(f"FATAL: --seeds={_SEEDS.value!r}: comma-separated integers, e.g. 0,5,12.")
-        render_mode.render_seeds(runtime, state, seeds, out_dir, video_ext="." + _VIDEO.value)
-        return
-    if _IMAGES.value:
-        names, images, _ = render_mode.load_folder(_IMAGES.value, config.data.image_size)
-    else:
-        names, images = render_mode.load_split(
-            config.data, config.data.eval_split, _NUM_IMAGES.value,
-            global_batch_size=config.eval.global_batch_size,
-        )
     mesh = None
     if _MESH.value:
         mesh = render_mode.MeshOptions(_MESH_RESOLUTION.value, _MESH_LEVEL.value)
-    render_mode.render(runtime, state, names, images, out_dir, video_ext="." + _VIDEO.value,
-                       mesh=mesh)
+    video_ext = "." + _VIDEO.value
+    try:  # a task without what was asked (e.g. a density field) stops before compiling
+        if isinstance(runtime.task, RendersSamples):
+            render_mode.render_seeds(runtime, state, _seeds(), out_dir, video_ext=video_ext,
+                                     mesh=mesh)
+            return
+        if _IMAGES.value:
+            names, images, _ = render_mode.load_folder(_IMAGES.value, config.data.image_size)
+        else:
+            names, images = render_mode.load_split(
+                config.data, config.data.eval_split, _NUM_IMAGES.value,
+                global_batch_size=config.eval.global_batch_size,
+            )
+        render_mode.render(runtime, state, names, images, out_dir, video_ext=video_ext,
+                           mesh=mesh)
+    except CapabilityError as err:
+        sys.exit(f"FATAL: {err}")
+
+
+def _seeds() -> list[int]:
+    """--seeds, or 0..--num_images−1."""
+    if not _SEEDS.value:
+        return list(range(_NUM_IMAGES.value))
+    try:
+        return [int(s) for s in _SEEDS.value.split(",") if s.strip()]
+    except ValueError:
+        sys.exit(f"FATAL: --seeds={_SEEDS.value!r}: comma-separated integers, e.g. 0,5,12.")
 
 
 def parse_flags(argv: list[str]) -> list[str]:

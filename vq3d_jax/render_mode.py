@@ -6,7 +6,9 @@ disparity, near = bright), `<name>_orbit.gif` (or .mp4) and, with a mesh level,
 `<name>.ply`: marching cubes on the density sampled over the uncontracted cube
 |x| ≤ 1/scene_scale (the part of the scene the tri-planes resolve finely). Per seed:
 `seed_<n>_image.png`, `seed_<n>_depth.png` and `seed_<n>_orbit.gif` (or .mp4), the
-orbit's depth beside each frame.
+orbit's depth beside each frame, and with a mesh level `seed_<n>.ply` over the box of
+the generator's density field (the tri-plane heads; the multiplane head has none).
+A mesh whose grid never reaches the level is skipped with a warning naming its input.
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ from vq3d_jax import visualize
 from vq3d_jax.datasets import pipeline, preprocess
 from vq3d_jax.train import loop
 from vq3d_jax.train import sharding as sharding_lib
-from vq3d_jax.train.task import HasDensity, RendersSamples, RendersScenes
+from vq3d_jax.train.task import (
+    CapabilityError,
+    HasDensity,
+    MeshesSamples,
+    RendersSamples,
+    RendersScenes,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -97,10 +105,10 @@ def render(rt: loop.Runtime, state, names, images, out_dir: str, *, video_ext: s
            mesh: MeshOptions | None = None) -> list[str]:
     task = rt.task
     if not isinstance(task, RendersScenes):
-        raise ValueError(f"--mode=render: {type(task).__name__} renders no scenes (VQ3D "
-                         "stage 1 does, with model.decoder='nerf').")
+        raise CapabilityError(f"--mode=render: {type(task).__name__} renders no scenes (VQ3D "
+                              "stage 1 does, with model.decoder='nerf').")
     if mesh is not None and not isinstance(task, HasDensity):
-        raise ValueError(f"--mesh: {type(task).__name__} has no density field to mesh.")
+        raise CapabilityError(f"--mesh: {type(task).__name__} has no density field to mesh.")
     _single_process()
     os.makedirs(out_dir, exist_ok=True)
     views = rt.compiled("render", task.render_outputs)
@@ -126,41 +134,73 @@ def render(rt: loop.Runtime, state, names, images, out_dir: str, *, video_ext: s
                                         outputs["depth"][i], outputs["orbit"][i], video_ext,
                                         "reconstruction")
                 if fields is not None:
-                    try:
-                        written.append(_write_mesh(base + ".ply", fields, i, bounds, mesh))
-                    except visualize.NoSurfaceError as err:  # skip, say so
-                        logging.warning("No mesh for %s: %s", names[index], err)
-                        meshes_skipped += 1
+                    meshes = _mesh_or_skip(base + ".ply", fields, i, bounds, mesh, names[index])
+                    written += meshes
+                    meshes_skipped += not meshes
                 index += 1
             logging.info("rendered %d/%d images into %s", index, len(images), out_dir)
-    if meshes_skipped:
-        logging.warning("%d of %d meshes skipped (see --mesh_level).", meshes_skipped, index)
+    _warn_skipped(meshes_skipped, index)
     return written
 
 
-def render_seeds(rt: loop.Runtime, state, seeds, out_dir: str, *,
-                 video_ext: str = ".gif") -> list[str]:
+def render_seeds(rt: loop.Runtime, state, seeds, out_dir: str, *, video_ext: str = ".gif",
+                 mesh: MeshOptions | None = None) -> list[str]:
     """A generator's samples of `seeds` (its `sample.seed` stream, as `--mode=sample`)."""
     task = rt.task
     if not isinstance(task, RendersSamples):
-        raise ValueError(f"--mode=render --seeds: {type(task).__name__} is not a generator "
-                         "of scenes (the GAN heads are).")
+        raise CapabilityError(f"--mode=render --seeds: {type(task).__name__} is not a "
+                              "generator of scenes (the GAN heads are).")
+    if mesh is not None:
+        if not isinstance(task, MeshesSamples):
+            raise CapabilityError(f"--mesh: {type(task).__name__} has no density field to "
+                                  "mesh.")
+        bounds = task.sample_mesh_bounds()  # a head without a field declines here
     _single_process()
     os.makedirs(out_dir, exist_ok=True)
     views = rt.compiled("render_samples", task.render_samples)
+    if mesh is not None:
+        density = rt.compiled("sample_density", task.sample_density)
+        points = visualize.grid_points(bounds, mesh.resolution).reshape(-1, 3)
     seeds = np.asarray(seeds, np.int32)
-    written, done = [], 0
+    written, done, meshes_skipped = [], 0, 0
     with rt.scope():
         for batch, count in _batches(seeds, rt.config.eval.global_batch_size):
             outputs = jax.device_get(views(state, sharding_lib.global_batch({"index": batch},
                                                                            rt.mesh)))
+            fields = None
+            if mesh is not None:
+                grid = np.broadcast_to(points, (len(batch),) + points.shape)
+                fields = jax.device_get(density(state, sharding_lib.global_batch(
+                    {"index": batch, "points": grid}, rt.mesh)))
             for i in range(count):
-                base = os.path.join(out_dir, f"seed_{int(batch[i]):04d}")
+                name = f"seed_{int(batch[i]):04d}"
+                base = os.path.join(out_dir, name)
                 written += _write_views(base, outputs["image"][i], outputs["depth"][i],
                                         outputs["orbit"][i], video_ext, "image")
+                if fields is not None:
+                    meshes = _mesh_or_skip(base + ".ply", fields, i, bounds, mesh, name)
+                    written += meshes
+                    meshes_skipped += not meshes
             done += count
             logging.info("rendered %d/%d seeds into %s", done, len(seeds), out_dir)
+    _warn_skipped(meshes_skipped, done)
     return written
+
+
+def _mesh_or_skip(path: str, fields, i: int, bounds, mesh: MeshOptions,
+                  name: str) -> list[str]:
+    """[`path`] once its mesh is written; [] with a warning naming `name` when the grid
+    never reaches the level (a skip, not an error: one sample may be empty)."""
+    try:
+        return [_write_mesh(path, fields, i, bounds, mesh)]
+    except visualize.NoSurfaceError as err:
+        logging.warning("No mesh for %s: %s", name, err)
+        return []
+
+
+def _warn_skipped(skipped: int, total: int) -> None:
+    if skipped:
+        logging.warning("%d of %d meshes skipped (see --mesh_level).", skipped, total)
 
 
 def _write_mesh(path: str, fields, i: int, bounds, mesh: MeshOptions) -> str:

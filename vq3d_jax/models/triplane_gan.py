@@ -2,14 +2,16 @@
 camera → tri-planes (`eg3d.TriplaneGenerator`) → volume-rendered views
 (`geometry.render_rays`, the renderer VQ3D's decoder uses too).
 
-Frames. The planes live in EG3D's world frame, so that its checkpoints mean the same
-here: a point p of ours is p_eg3d = F·(p − centre) + pivot (F = diag(1, −1, −1),
+Frames. The planes live in EG3D's world frame, so that its cameras, pivot and box mean
+the same here: a point p of ours is p_eg3d = F·(p − centre) + pivot (F = diag(1, −1, −1),
 `datasets/eg3d_cameras.py`; centre = the pose sphere's, pivot = where EG3D's cameras look,
 e.g. (0, 0, 0.2) on FFHQ), then scaled by 2 / box_size into the planes' [−1, 1]³, with
-zero features outside (EG3D's grid_sample padding). Rays are sampled in z-depth between
-`near` and `far` (EG3D: distance along the ray; the two differ by < 1.5 % over its 18°
-field of view), `num_samples` stratified in depth, then `num_importance` from the
-blur-pooled coarse weights (+0.01), as EG3D's importance sampler.
+zero features outside (EG3D's grid_sample padding). The planes are xy, yz and zx, as
+Mimic3D's (EG3D's code projects onto xy, xz and zx, two planes on the same axes:
+NVlabs/eg3d#67; its checkpoints' second plane needs that projection). Rays are sampled in
+z-depth between `near` and `far` (EG3D: distance along the ray; the two differ by < 1.4 %
+at the corner of its 13.37° field of view), `num_samples` stratified in depth, then
+`num_importance` from the blur-pooled coarse weights (+0.01), as EG3D's importance sampler.
 
 A render is the features of every pixel, composited over zero and mapped ×2 − 1 as
 EG3D's marcher does: the first three channels are the raw image; training views go
@@ -143,11 +145,12 @@ class TriplaneHead:
         return field_fn
 
     # -- rendering ---------------------------------------------------------------------
-    def _render_views(self, params, planes, cam_to_world, rng, size: int, which: str,
+    def _render_views(self, params, planes, cam_to_world, ray_keys, size: int, which: str,
                       window=None, randomized: bool = True) -> dict:
         """Every sample's planes from its views: cameras [B, V, 4, 4] → {'features'
         [B, V, h, w, F] (×2 − 1), 'depth', 'opacity' [B, V, h, w]} of the `size`² image,
-        or of its `window` (corners [B, 2] as (top, left), height, width) alone."""
+        or of its `window` (corners [B, 2] as (top, left), height, width) alone; a key
+        per sample `ray_keys` [B] draws its samples along the rays."""
         b, v = cam_to_world.shape[:2]
         k = geo.intrinsics_from_fov(self.fov_deg, size, size)
         options = dataclasses.replace(self.options, randomized=randomized)
@@ -167,21 +170,24 @@ class TriplaneHead:
 
             return jax.vmap(view)(c2w, jax.random.split(key, v))
 
-        feats, depth, opacity = jax.vmap(one)(planes, cam_to_world, corners,
-                                              jax.random.split(rng, b))
+        feats, depth, opacity = jax.vmap(one)(planes, cam_to_world, corners, ray_keys)
         return {"features": feats, "depth": depth, "opacity": opacity}
 
     def render(self, params, ws: jax.Array, cam_to_world: jax.Array, noise_rng: jax.Array,
-               planes: dict | None = None) -> dict[str, jax.Array]:
+               planes: dict | None = None, ray_keys: jax.Array | None = None
+               ) -> dict[str, jax.Array]:
         """ws [B, n, w_dim], cameras [B, V, 4, 4] → EG3D's views: {'image' [B, V, S, S, 3]
         (2D super-resolution), 'image_raw' [B, V, r, r, 3], 'features' [B, V, r, r, F],
         'depth', 'opacity' [B, V, S, S] (upsampled from the r² render)}, r the neural
-        render size; the coarse planes only (Mimic3D's 2D branch)."""
+        render size; the coarse planes only (Mimic3D's 2D branch). The ray samples are
+        drawn from `ray_keys` [B] (training: a key per example, so that they do not depend
+        on how the batch is split), else from `noise_rng`."""
+        b, v, r = cam_to_world.shape[0], cam_to_world.shape[1], self.render_size
         synthesis_rng, render_rng = jax.random.split(noise_rng)
         planes = planes if planes is not None else self.planes(params, ws, synthesis_rng)
-        out = self._render_views(params, planes, cam_to_world, render_rng, self.render_size,
-                                 "coarse")
-        b, v, r = cam_to_world.shape[0], cam_to_world.shape[1], self.render_size
+        if ray_keys is None:
+            ray_keys = jax.random.split(render_rng, b)
+        out = self._render_views(params, planes, cam_to_world, ray_keys, r, "coarse")
         feats = out["features"].reshape((b * v, r, r, -1))
         raw = feats[..., :3]
         ws_views = jnp.repeat(ws, v, axis=0)
@@ -193,14 +199,17 @@ class TriplaneHead:
                 "image_raw": raw.reshape((b, v, r, r, 3)), "features": out["features"],
                 "depth": maps[..., 0], "opacity": maps[..., 1], "planes": planes}
 
-    def render_direct(self, params, planes: dict, cam_to_world: jax.Array, rng: jax.Array,
-                      size: int | None = None, window=None,
-                      randomized: bool = True) -> dict[str, jax.Array]:
+    def render_direct(self, params, planes: dict, cam_to_world: jax.Array, rng: jax.Array | None,
+                      size: int | None = None, window=None, randomized: bool = True,
+                      ray_keys: jax.Array | None = None) -> dict[str, jax.Array]:
         """Mimic3D's high-resolution views straight from the coarse + detail planes, no 2D
         super-resolution: {'image' [B, V, h, w, 3], 'depth', 'opacity' [B, V, h, w]} of the
         `size`² image (default the image size), or of its `window` (top-left corners
-        [B, 2], height, width). `randomized`: jittered samples (training) or bin centres."""
-        out = self._render_views(params, planes, cam_to_world, rng, size or self.size, "both",
-                                 window, randomized)
+        [B, 2], height, width). `randomized`: jittered samples (training) or bin centres,
+        drawn from `ray_keys` [B] if given, else from `rng`."""
+        if ray_keys is None:
+            ray_keys = jax.random.split(rng, cam_to_world.shape[0])
+        out = self._render_views(params, planes, cam_to_world, ray_keys, size or self.size,
+                                 "both", window, randomized)
         return {"image": out["features"][..., :3], "depth": out["depth"],
                 "opacity": out["opacity"]}

@@ -25,6 +25,7 @@ from vq3d_jax.models.discriminator import ResidualDiscriminator
 from vq3d_jax.models.gmpi import GMPIHead
 from vq3d_jax.tasks import gan
 from vq3d_jax.tasks.common import DISCRIMINATOR, make_optimizer
+from vq3d_jax.train.task import CapabilityError
 
 CONDITION_DIM = 16  # the flattened world-to-camera matrix
 
@@ -117,6 +118,12 @@ class MultiplaneTraining:
 
     def real_inputs(self, reals: jax.Array, keys, step) -> dict:
         return {DISCRIMINATOR: reals}
+
+    def mesh_bounds(self):
+        raise CapabilityError(
+            f"--mesh: model.head={self.config.model.head!r} (GMPI/GMNR) has no density field "
+            "to mesh: its samples are RGBα planes at fixed depths, not a volume; the tri-plane "
+            "heads (configs/eg3d.py, configs/mimic3d.py) have one.")
 
     def generate(self, g_params, ws, cameras, noise_rng, step=None) -> dict:
         """Views of ψ-truncated ws at cameras [B, V] with the eval plane count and every

@@ -16,7 +16,8 @@ Per step, one generator then one update of each discriminator (the GAN kit, task
 
 Eval: the multi-view consistency of samples (`eval_step`), FID/KID and SWD of
 `fid_images` (one sample per eval image at a random pose); `sample` writes ψ-truncated
-images over their depth maps and an orbit per sample.
+images over their depth maps and an orbit per sample; render mode adds, for a head with a
+density field (tri-plane), each seed's σ and colour for its mesh (`sample_density`).
 """
 
 from __future__ import annotations
@@ -253,8 +254,9 @@ class GANTask:
         return grads, metrics, {"w": ws[:, 0]}
 
     # -- samples ----------------------------------------------------------------------
-    def generate(self, state, index: jax.Array, cameras: jax.Array, psi: float) -> dict:
-        """Sample i (its z and noise from fold_in(key(sample.seed), i)) at cameras [B, V]."""
+    def _sample_inputs(self, state, index: jax.Array, psi: float):
+        """Samples `index` [B] → (generator weights, ψ-truncated ws, noise key): sample i's
+        z from fold_in(key(sample.seed), i); one noise key for all."""
         g = self.inference_generator(state)
         keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
             jax.random.key(int(self.config.sample.seed)), index)
@@ -262,7 +264,12 @@ class GANTask:
         condition = self.training.inference_condition(index.shape[0])
         ws = stylegan2.truncate(self.head.mapping(g, z, condition),
                                 state.model_state[W_AVERAGE], psi)
-        return self.training.generate(g, ws, cameras, jax.random.key(0), state.step)
+        return g, ws, jax.random.key(0)
+
+    def generate(self, state, index: jax.Array, cameras: jax.Array, psi: float) -> dict:
+        """Sample i (its z and noise from fold_in(key(sample.seed), i)) at cameras [B, V]."""
+        g, ws, noise_rng = self._sample_inputs(state, index, psi)
+        return self.training.generate(g, ws, cameras, noise_rng, state.step)
 
     def eval_step(self, state, batch):
         """Multi-view consistency of each sample (one per eval index, ψ = 1): rendered at
@@ -326,3 +333,15 @@ class GANTask:
         out = self._orbit(state, batch["index"], int(s.render_frames), float(s.psi))
         return {"image": out["image"][:, 0], "depth": out["depth"][:, 0],
                 "orbit": jnp.concatenate([out["image"][:, 1:], out["depth"][:, 1:]], 3)}
+
+    def sample_mesh_bounds(self):
+        """The world box of the head's density field (`CapabilityError` for a head without
+        one: the multiplane head)."""
+        return self.training.mesh_bounds()
+
+    def sample_density(self, state, batch):
+        """σ and colour at world points batch['points'] [B, P, 3] of each seed's sample
+        (batch['index']) as `render_samples` renders it (ψ = sample.psi)."""
+        g, ws, noise_rng = self._sample_inputs(state, batch["index"],
+                                               float(self.config.sample.psi))
+        return self.training.sample_density(g, ws, batch["points"], noise_rng)

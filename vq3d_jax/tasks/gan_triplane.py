@@ -3,14 +3,16 @@
 
 - The dual discriminator (EG3D §4.2): the super-resolved image and the raw neural render
   (upsampled) side by side, conditioned on EG3D's 25-float camera label mapped by an
-  8-layer network; its R1 is taken w.r.t. both. Early in training both real and fake
-  inputs are blurred (EG3D's fade-in: a Gaussian of σ = 10 px shrinking to 0 over
-  `loss.blur_fade_images`; real raw images are the reals downsampled to the render size).
+  8-layer network; its R1 is taken w.r.t. both. Early in training the real images, the
+  real raw images (the reals downsampled to the render size) and the fake images are
+  blurred, not the fake raw images, as EG3D's loss (its fade-in: a Gaussian of σ = 10 px
+  shrinking to 0 over `loss.blur_fade_images`).
 - Generator pose conditioning (EG3D §4.1): the mapping sees the rendering camera's label,
   swapped for another camera's with probability p (`loss.pose_swap_probability`; fading
   in from 1 over `loss.pose_swap_fade_images`, as EG3D's).
 - Density regularisation (EG3D's code, `loss.density_reg`): every `density_reg_every`
-  steps, λ·E|σ_raw(x) − σ_raw(x + δ)| at random points x of the box, δ ~ N(0, ε²).
+  steps, λ·E|σ_raw(x) − σ_raw(x + δ)| at random points x of the box, δ ~ N(0, ε²); in
+  stage 2 of the coarse + detail field.
 - Mimic3D stage 2 (`loss.imitation` > 0, detail planes): a random window of each first
   view, rendered at the image resolution straight from the coarse + detail planes,
   imitates the stop-gradient crop of the 2D super-resolution (LPIPS with
@@ -18,14 +20,18 @@
   scores it against random crops of the real images, weighted `loss.patch_adversarial`.
   Stage 2 is its own run, starting from a stage-1 run's weights (`stage1.workdir`,
   tasks/gan_task.py), as the official code resumes stage 1's networks.
+- Render mode's meshes (`sample_density`): the σ and colour of the very planes `generate`
+  renders, over the tri-plane box (`mesh_bounds`).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 
 from vq3d_jax.geometry import pose_sampling
@@ -167,20 +173,27 @@ class TriplaneTraining:
         [B, V, ...], {loss name: (term, weight)}, {discriminator: (fakes, weight)})."""
         density_keys, patch_keys = keys
         b, v = cameras.shape[:2]
-        rendered = self.head.render(g_params, ws, cameras, noise_rng)
+        ray_keys = jax.vmap(lambda k: jax.random.fold_in(k, 5))(density_keys)
+        rendered = self.head.render(g_params, ws, cameras, noise_rng, ray_keys=ray_keys)
         image, raw = rendered["image"], rendered["image_raw"]
         flat = lambda x: x.reshape((b * v,) + x.shape[2:])  # noqa: E731
-        blurred = (self._blur(flat(image), step), self._blur(flat(raw), step))
-        fakes = jax.tree.map(lambda x: x.reshape((b, v) + x.shape[1:]), blurred)
+        # EG3D's loss blurs the fake image, not the fake raw image (the real raw is).
+        fakes = jax.tree.map(lambda x: x.reshape((b, v) + x.shape[1:]),
+                             (self._blur(flat(image), step), flat(raw)))
         terms, others = {}, {}
         loss = self.config.loss
-        if loss.density_reg > 0:
-            terms["loss/density_reg"] = (self._density_reg(g_params, rendered["planes"],
-                                                           density_keys, step),
-                                         loss.density_reg)
+        planes = rendered["planes"]
         if self.imitation > 0:
-            imitation, patches = self._imitation(g_params, ws, rendered, cameras[:, 0],
-                                                 patch_keys, noise_rng)
+            # Stage 2: the detail planes join the coarse ones for the density regulariser
+            # and the patches alike (Mimic3D regularises the summed field).
+            planes = {**planes, "detail": self.head.detail(
+                g_params, planes["coarse"], ws, jax.random.fold_in(noise_rng, 6))}
+        if loss.density_reg > 0:
+            terms["loss/density_reg"] = (self._density_reg(g_params, planes, density_keys,
+                                                           step), loss.density_reg)
+        if self.imitation > 0:
+            imitation, patches = self._imitation(g_params, planes, rendered, cameras[:, 0],
+                                                 patch_keys)
             terms["loss/imitation"] = (imitation, self.imitation)
             others[PATCH_DISCRIMINATOR] = (patches, loss.patch_adversarial)
         return fakes, terms, others
@@ -208,18 +221,15 @@ class TriplaneTraining:
 
         return jax.lax.cond(step % every == 0, term, lambda: jnp.zeros((), jnp.float32))
 
-    def _imitation(self, g_params, ws, rendered, cam_to_world, keys, noise_rng):
+    def _imitation(self, g_params, planes, rendered, cam_to_world, keys):
         """Mimic3D's 3D-to-2D imitation on each sample's first view → (loss, patches
         [B, P, P, 3]): a random P² window of the image rendered from the coarse + detail
-        planes against the same window of the stop-gradient 2D super-resolution."""
+        `planes` against the same window of the stop-gradient 2D super-resolution."""
         size, p = self.head.size, self.patch
         corners = random_windows(jax.vmap(lambda k: jax.random.fold_in(k, 3))(keys), size, p)
-        coarse = rendered["planes"]["coarse"]
-        planes = {"coarse": coarse, "detail": self.head.detail(
-            g_params, coarse, ws, jax.random.fold_in(noise_rng, 6))}
         patch = self.head.render_direct(
-            g_params, planes, cam_to_world[:, None], jax.random.fold_in(noise_rng, 7),
-            window=(corners, p, p))["image"][:, 0]
+            g_params, planes, cam_to_world[:, None], None, window=(corners, p, p),
+            ray_keys=jax.vmap(lambda k: jax.random.fold_in(k, 7))(keys))["image"][:, 0]
         target = jax.lax.stop_gradient(crop(rendered["image"][:, 0], corners, p))
         if self.imitation_fn is not None:
             loss = self.imitation_fn(patch, target)
@@ -243,9 +253,41 @@ class TriplaneTraining:
         """Views for eval and pictures: EG3D's super-resolved render; with Mimic3D's detail
         planes (stage 2) the image rendered at full resolution from the coarse + detail
         planes, no 2D super-resolution. {'image', 'depth', 'opacity'} [B, V, S, S, ...]."""
-        if not self.config.model.triplane.detail_planes:
-            out = self.head.render(g_params, ws, cameras, noise_rng)
+        planes, which = self._generated_planes(g_params, ws, noise_rng)
+        if which == "coarse":
+            out = self.head.render(g_params, ws, cameras, noise_rng, planes=planes)
             return {k: out[k] for k in ("image", "depth", "opacity")}
-        planes = self.head.planes(g_params, ws, noise_rng, detail=True)
         return self.head.render_direct(g_params, planes, cameras,
                                        jax.random.fold_in(noise_rng, 1))
+
+    def _generated_planes(self, g_params, ws, noise_rng) -> tuple[dict, str]:
+        """The planes `generate` renders with `noise_rng`, and which of them it reads
+        ('coarse', or 'both' with Mimic3D's detail planes): one source for the views and
+        the meshes of a sample."""
+        if not self.config.model.triplane.detail_planes:
+            # The synthesis key `head.render` draws them with, so samples stay as they were.
+            return self.head.planes(g_params, ws, jax.random.split(noise_rng)[0]), "coarse"
+        return self.head.planes(g_params, ws, noise_rng, detail=True), "both"
+
+    # -- the field of a sample (`--mode=render --seeds --mesh`) -------------------------
+    def mesh_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi) [3]: the tri-plane box, EG3D's [−box/2, box/2]³, in our world frame.
+        `head.to_eg3d` is a flip and a shift, so the box stays axis-aligned."""
+        half = 0.5 * self.head.box_size
+        corners = np.asarray(list(itertools.product((-half, half), repeat=3)), np.float32)
+        to_ours = np.linalg.inv(self.head.to_eg3d)
+        ours = corners @ to_ours[:3, :3].T + to_ours[:3, 3]
+        return ours.min(0), ours.max(0)
+
+    def sample_density(self, g_params, ws, points, noise_rng) -> dict:
+        """σ [B, P] and colour in [0, 1] [B, P, 3] at world points [B, P, 3] of the planes
+        `generate` renders from ws [B, n, w] with `noise_rng`."""
+        planes, which = self._generated_planes(g_params, ws, noise_rng)
+
+        def one(inputs):
+            sample_planes, sample_points = inputs
+            sigma, feats = self.head.field(g_params, sample_planes, which)(sample_points)
+            return {"density": sigma, "color": feats[..., :3]}
+
+        # One sample at a time: a mesh grid has 64³ points or more per sample.
+        return jax.lax.map(one, (planes, points))

@@ -1,7 +1,8 @@
 """What the loop, evaluator, render mode and `main.py` need from a trainable thing.
 
 `Task` is required. The other Protocols are optional capabilities: callers check
-`isinstance(task, Capability)` and say what is missing, instead of probing for names.
+`isinstance(task, Capability)` and say what is missing, instead of probing for names. A
+capability that some of a task's configurations lack raises `CapabilityError`, saying why.
 The loop never names a model; a task never touches checkpoints or shardings (another
 run's weights arrive through `Pretrained`, restored by the loop).
 """
@@ -13,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import jax
+import numpy as np
 
 Batch = dict[str, jax.Array]
 
@@ -82,6 +84,24 @@ class HasDensity(Protocol):
 
     def density(self, state: Any, batch: Batch) -> dict[str, jax.Array]:
         """batch['points'] [B, P, 3] → {'density' [B, P], 'color' [B, P, 3]}."""
+
+
+class CapabilityError(ValueError):
+    """A capability this task's configuration lacks (e.g. a density field), with the reason;
+    callers report it in one line before compiling anything."""
+
+
+@runtime_checkable
+class MeshesSamples(Protocol):
+    """`--mode=render --seeds --mesh`: the field of each seed's sample at world points."""
+
+    def sample_mesh_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi) [3]: the world box the field is defined in; `CapabilityError` for a
+        generator without a density field."""
+
+    def sample_density(self, state: Any, batch: Batch) -> dict[str, jax.Array]:
+        """batch['index'] [B] (the seeds), batch['points'] [B, P, 3] → {'density' [B, P],
+        'color' [B, P, 3]} of the samples `render_samples` renders."""
 
 
 @runtime_checkable
