@@ -15,11 +15,12 @@ import pytest
 from conftest import tiny_task_config
 
 from bench.common import jaxpr_flops_per_step
-from configs import vq3d_stage2
+from configs import mimic3d, vq3d_stage2
 from vq3d_jax import plan
-from vq3d_jax.models import ar_prior
+from vq3d_jax.models import ar_prior, lpips
 from vq3d_jax.tasks import get_task
 from vq3d_jax.train import loop
+from vq3d_jax.train.flops import count_flops
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -125,6 +126,34 @@ def test_overflow_names_the_largest_parts_and_what_would_fit(monkeypatch):
     assert "--config.mesh.fsdp=4 (32 devices, per-device batch 1)" in text
     assert "--config.grad_accum_steps=4" in text and "--config.prior.remat=True" in text
     assert "WARNING" in plan.format_plan(result)
+
+
+def test_mimic3d_stage2_at_512_plans_without_lpips_weights():
+    """The README's command: Mimic3D stage 2 on 8 H100s, with no LPIPS file and no stage-1
+    run. Its rows are the networks the config builds when it imitates with L1 (the same
+    networks, no LPIPS), module for module; the traced LPIPS is all of VGG16. (~23 s of
+    CPU, two traces of the 512² step; a real init, even of tiny_stage2, would add ~19 s
+    compiling the generator's forward.)"""
+    config = mimic3d.get_config("ffhq512_stage2")
+    result = plan.make_plan(config, 8, accelerator="h100")
+    rows = {r["module"]: r["params"] for r in result["params"]["modules"]}
+    config.loss.require_lpips = False
+    shapes = jax.eval_shape(get_task(config).init_state, jax.random.PRNGKey(0))
+    assert rows == _rows(nn.meta.unbox(shapes).params)
+    # Stage 2's patch D and detail planes' 3D super-resolution, beside the 3D-aware branch.
+    assert {"patch_discriminator/b*_conv*", "generator/plane_sr",
+            "generator/aware_branch"} <= rows.keys()
+    assert result["per_device_batch"] == 4 and result["accelerators"]["h100"]["fits"]
+    assert any("LPIPS (VGG16 at 64² patches)" in note for note in result["notes"])
+    # The traced LPIPS: VGG16's 13 convolutions on both images and the 5 linear heads.
+    size, channels, expected = 64, 3, 0
+    for g, widths in enumerate(lpips.BLOCK_WIDTHS):
+        for width in widths:
+            expected += 2 * 2 * (size >> g) ** 2 * 9 * channels * width
+            channels = width
+        expected += 2 * (size >> g) ** 2 * widths[-1]
+    image = jax.ShapeDtypeStruct((1, size, size, 3), np.float32)
+    assert count_flops(lpips.make_lpips_fn(lpips.TRACED_WEIGHTS), image, image) == expected
 
 
 def test_a_mesh_the_devices_do_not_fit_is_one_clear_error():

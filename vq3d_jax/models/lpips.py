@@ -16,7 +16,8 @@ Param tree (`LPIPS().init(...)["params"]`):
 
 The weights come from public PyTorch files that users convert once
 (`SPEC.convert_command`, through `params_from_torch`); `load_params` and
-`make_lpips_fn` read the converted `.npz`.
+`make_lpips_fn` read the converted `.npz`. Plan mode, which traces a step and never runs
+it, passes `TRACED_WEIGHTS` instead: the network's cost without a file.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ SCALE = (0.458, 0.448, 0.450)
 BLOCK_WIDTHS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 TAP_CHANNELS = tuple(widths[-1] for widths in BLOCK_WIDTHS)
 NORM_EPS = 1e-10  # the LPIPS repo's `normalize_tensor` epsilon
+# A `make_lpips_fn` path that reads nothing: the weights are zeros made inside the trace,
+# so a traced step holds the network's convolutions (FLOPs, activations) but no weights.
+TRACED_WEIGHTS = "(plan: LPIPS weights made in the trace, no file)"
 
 
 def _torch_conv_indices() -> dict[str, int]:
@@ -223,13 +227,20 @@ def make_lpips_fn(path: str, config_key: str = "loss.lpips_weights", *,
     """→ pure `(x, y) -> mean_b LPIPS(x_b, y_b)`, a float32 scalar, for jitted losses.
 
     The weights are read now (a missing or wrong file raises here, not mid-training)
-    and closed over as constants. `y` is the target: gradients reach `x` only.
+    and closed over as constants; with `path` = `TRACED_WEIGHTS` they are zeros of their
+    shapes, made on each call (for tracing only). `y` is the target: gradients reach `x`
+    only.
     """
-    params = jax.tree.map(jnp.asarray, load_params(path, config_key))
+    if path == TRACED_WEIGHTS:
+        shapes = abstract_params()
+        weights = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    else:
+        params = jax.tree.map(jnp.asarray, load_params(path, config_key))
+        weights = lambda: params
     module = LPIPS(dtype=dtype)
 
     def lpips_loss(x: jax.Array, y: jax.Array) -> jax.Array:
-        frozen = jax.lax.stop_gradient(params)
+        frozen = jax.lax.stop_gradient(weights())
         return jnp.mean(module.apply({"params": frozen}, x, jax.lax.stop_gradient(y)))
 
     return lpips_loss

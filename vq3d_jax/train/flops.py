@@ -31,7 +31,8 @@ def _conv_flops(eqn) -> float:
     return 2.0 * out * in_features * window
 
 
-def _subjaxprs(eqn):
+def subjaxprs(eqn):
+    """The programs inside `eqn` (pjit, remat, custom_vjp, scan, cond, ...)."""
     for value in eqn.params.values():
         values = value if isinstance(value, list | tuple) else [value]
         for v in values:
@@ -41,7 +42,9 @@ def _subjaxprs(eqn):
                 yield v
 
 
-def jaxpr_flops(jaxpr) -> float:
+def jaxpr_flops(jaxpr, branch=max) -> float:
+    """FLOPs of `jaxpr`, a `cond` counted by its costliest branch (`branch`=min: its
+    cheapest, e.g. a step whose lazy regularisers are not due)."""
     total = 0.0
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
@@ -50,11 +53,11 @@ def jaxpr_flops(jaxpr) -> float:
         elif name == "conv_general_dilated":
             total += _conv_flops(eqn)
         elif name == "cond":
-            total += max(jaxpr_flops(b.jaxpr) for b in eqn.params["branches"])
+            total += branch(jaxpr_flops(b.jaxpr, branch) for b in eqn.params["branches"])
         elif name == "scan":
-            total += eqn.params["length"] * jaxpr_flops(eqn.params["jaxpr"].jaxpr)
+            total += eqn.params["length"] * jaxpr_flops(eqn.params["jaxpr"].jaxpr, branch)
         else:
-            total += sum(jaxpr_flops(sub) for sub in _subjaxprs(eqn))
+            total += sum(jaxpr_flops(sub, branch) for sub in subjaxprs(eqn))
     return total
 
 
