@@ -114,7 +114,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if preset == "tiny":
         gan_common.tiny_scenes(c)
         c.model.update(resolution=32, z_dim=64, w_dim=64, channel_base=1024, channel_max=64,
-                       near=3.5, far=10.0, disc_channel_base=512, disc_channel_max=32,
+                       near=2.0, far=10.0, disc_channel_base=512, disc_channel_max=32,
                        disc_cmap_dim=64, disc_condition_layers=2)
         # [choice] CPU sizes: 32² planes of 16 channels, 16² renders with 12 + 12
         # samples, super-resolved ×2; an 8-unit box around the scene centre covers
@@ -128,12 +128,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # over 4k images, the pose swap over 4k; 256 density points.
         c.loss.update(blur_sigma=1.0, blur_fade_images=4000, pose_swap_fade_images=4000,
                       density_reg_points=256)
-        # [choice] GMPI tiny's recipe (configs/gmpi.py): R1 γ 10, style mixing 0.9, Adam
-        # β₂ 0.9 and gradients clipped at 10; an unconditioned mapping (the synthetic
-        # scenes' looks do not depend on the camera). With EG3D's own settings the 800-
-        # and 2000-step samples were one blurred scene for every z (README, EG3D).
-        c.model.triplane.pose_conditioning = False
-        c.loss.update(r1_gamma=10.0, style_mixing=0.9)
-        for block, lr in ((c.optim.generator, 0.002), (c.optim.discriminator, 0.002)):
-            block.update(learning_rate=lr, b2=0.9, grad_clip=10.0)
     return c

@@ -24,8 +24,6 @@ SMALL = {
     "model.triplane.sr_channel_base": 128, "model.triplane.sr_channel_max": 16,
     "model.triplane.num_samples": 4, "model.triplane.num_importance": 4,
     "loss.density_reg_points": 16,
-    # EG3D's camera-conditioned mapping (the tiny preset turns it off).
-    "model.triplane.pose_conditioning": True,
 }
 STAGE2 = {**SMALL, "model.triplane.conv3d_resolutions": (8, 16), "loss.patch_size": 8}
 # The noise inputs' strengths start at 0 but their gradients are the noise's correlation
