@@ -30,11 +30,11 @@ def time_train_steps(rt, state, batch, steps: int, warmup: int = 3) -> dict:
     """
     import jax
 
-    from vq3d_jax.train import loop
+    from vq3d_jax.train import runtime
 
     with rt.scope():
         start = time.perf_counter()
-        compiled = loop.compile_train_step(rt).lower(state, batch).compile()
+        compiled = runtime.compile_train_step(rt).lower(state, batch).compile()
         compile_s = time.perf_counter() - start
         xla = compiled.cost_analysis()
         xla = xla[0] if isinstance(xla, list) else xla

@@ -30,7 +30,7 @@ from vq3d_jax.datasets import pipeline  # noqa: E402
 from vq3d_jax.render_mode import load_split  # noqa: E402
 from vq3d_jax.tasks import get_task  # noqa: E402
 from vq3d_jax.tasks.common import image_grid, run_config  # noqa: E402
-from vq3d_jax.train import loop  # noqa: E402
+from vq3d_jax.train import runtime  # noqa: E402
 from vq3d_jax.train import sharding as sharding_lib  # noqa: E402
 
 _WORKDIRS = flags.DEFINE_multi_string("workdir", [], "NAME=PATH of a finished GAN run.")
@@ -96,8 +96,8 @@ def measure(name: str, workdir: str, reals_cache: dict) -> dict:
         config.data.data_dir = _DATA_DIR.value
     data, split = config.data, config.data.eval_split
     task = get_task(config)
-    rt = loop.build_runtime(task, config, jax.devices()[:1])
-    state, step = loop.restore_for_inference(rt, workdir)
+    rt = runtime.build_runtime(task, config, jax.devices()[:1])
+    state, step = runtime.restore_for_inference(rt, workdir)
     with rt.scope():
         index = sharding_lib.global_batch({"index": np.arange(NUM, dtype=np.int32)}, rt.mesh)
         samples = np.asarray(rt.compiled("fid_images", task.fid_images)(state, index))

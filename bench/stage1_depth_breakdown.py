@@ -37,7 +37,7 @@ from vq3d_jax.tasks.common import (  # noqa: E402
     resize_maps,  # noqa: E402
 )
 from vq3d_jax.tasks.vq3d_stage1 import NERF, fixed_keys  # noqa: E402
-from vq3d_jax.train import loop  # noqa: E402
+from vq3d_jax.train import runtime  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A VQ3D stage-1 run.", required=True)
 _NUM_SCENES = flags.DEFINE_integer("num_scenes", 256, "Scenes of the eval split.")
@@ -66,7 +66,7 @@ def main(_):
     with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
         config = ml_collections.ConfigDict(json.load(f))
     task = get_task(config)
-    state, step = loop.restore_for_inference(loop.build_runtime(task, config), workdir)
+    state, step = runtime.restore_for_inference(runtime.build_runtime(task, config), workdir)
     g_params = state.params[GENERATOR]
 
     @jax.jit

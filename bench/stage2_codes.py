@@ -37,7 +37,7 @@ from configs import vq3d_stage1, vq3d_stage2  # noqa: E402
 from vq3d_jax.datasets import pipeline  # noqa: E402
 from vq3d_jax.tasks import get_task  # noqa: E402
 from vq3d_jax.tools import precompute_codes  # noqa: E402
-from vq3d_jax.train import loop, sharding  # noqa: E402
+from vq3d_jax.train import runtime, sharding  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", "", "Scratch folder; default a new temp folder.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data_dir ('' = a scratch folder).")
@@ -55,7 +55,7 @@ def make_stage1_run(workdir: str, data_dir: str) -> str:
     config = vq3d_stage1.get_config(_STAGE1.value)
     config.data.update(name=_DATA_NAME.value, data_dir=data_dir, image_size=_IMAGE_SIZE.value)
     config.loss.lpips_weights = ""
-    loop.write_random_run(get_task(config), config, workdir, scale=0.05)
+    runtime.write_random_run(get_task(config), config, workdir, scale=0.05)
     return workdir
 
 
@@ -73,9 +73,9 @@ def stage2_config(stage1_dir: str, data_dir: str, codes_dir: str):
 def time_path(config) -> dict:
     """Step-only and with-input seconds per step of one training path."""
     task = get_task(config)
-    rt = loop.build_runtime(task, config)
-    state = loop.init_state(rt)
-    step = loop.compile_train_step(rt)
+    rt = runtime.build_runtime(task, config)
+    state = runtime.init_state(rt)
+    step = runtime.compile_train_step(rt)
     train_iter = pipeline.create_train_iterator(
         config.data, global_batch_size=config.global_batch_size, seed=0,
         codes_length=task.length, codes_vocab_size=task.vocab_size)

@@ -38,7 +38,7 @@ from ml_collections import config_flags  # noqa: E402
 from bench.common import emit, jaxpr_flops_per_step, time_train_steps  # noqa: E402
 from vq3d_jax.models import ar_prior  # noqa: E402
 from vq3d_jax.tasks import get_task  # noqa: E402
-from vq3d_jax.train import loop, sharding  # noqa: E402
+from vq3d_jax.train import runtime, sharding  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/vq3d_stage2.py:imagenet256_base")
 _BATCH = flags.DEFINE_integer("batch", 0, "Global batch; 0 = the config's (512 for the "
@@ -64,7 +64,7 @@ def main(argv):
     config.stage1.workdir = ""
     config.data.codes_dir = config.data.codes_dir or "random"  # never read: batches are made here
     task = get_task(config)
-    rt = loop.build_runtime(task, config)
+    rt = runtime.build_runtime(task, config)
     n, length, vocab = config.global_batch_size, task.length, task.vocab_size
     if n % jax.process_count():
         raise ValueError(f"batch {n} is not divisible by {jax.process_count()} processes.")
@@ -74,7 +74,7 @@ def main(argv):
         "codes": rng.integers(0, vocab, (local_n, length), dtype=np.int32),
         "label": rng.integers(0, task.num_classes, (local_n,), dtype=np.int32),
     }
-    state = loop.init_state(rt)
+    state = runtime.init_state(rt)
     num_params = sum(math.prod(p.shape) for p in jax.tree.leaves(state.params))
     with rt.scope():
         batch = sharding.global_batch(local, rt.mesh)

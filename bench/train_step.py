@@ -31,7 +31,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from bench.common import emit, jaxpr_flops_per_step, time_train_steps  # noqa: E402
 from vq3d_jax.tasks import get_task  # noqa: E402
-from vq3d_jax.train import loop, sharding  # noqa: E402
+from vq3d_jax.train import runtime, sharding  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/vit_vqgan.py:imagenet256")
 _BATCH = flags.DEFINE_integer("batch", 0, "Global batch; 0 = the config's.")
@@ -70,7 +70,7 @@ def main(argv):
     r1_every = config.loss.r1_every
     config.loss.r1_every = 10**9
     task = get_task(config)
-    rt = loop.build_runtime(task, config)
+    rt = runtime.build_runtime(task, config)
     size = config.data.image_size
     n = config.global_batch_size
     rng = np.random.default_rng(0)
@@ -79,7 +79,7 @@ def main(argv):
         depth = rng.uniform(2.0, 20.0, (n, size, size)).astype(np.float32)
         depth[:, : size // 4] = np.inf
         local["depth"] = depth
-    state = loop.init_state(rt)
+    state = runtime.init_state(rt)
     with rt.scope():
         batch = sharding.global_batch(local, rt.mesh)
     timed = time_train_steps(rt, state, batch, _STEPS.value)

@@ -45,7 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
     # whose batch does not fit a smaller slice. Same update, to float rounding.
     c.grad_accum_steps = 1
     c.log_every = 10
-    # A NaN/inf loss, gradient norm or updated state (train/loop.py): "stop" the run at
+    # A NaN/inf loss, gradient norm or updated state (train/nonfinite.py): "stop" the run at
     # that step, nothing of it saved; or "skip" the update (the state stays as it was,
     # counted in train/skipped_steps and logged with its step). "skip" holds one more
     # copy of the state in device memory while the step decides.

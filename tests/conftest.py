@@ -61,15 +61,15 @@ def mini_data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def stage1_workdir(tmp_path_factory, mini_data_dir):
-    """A tiny stage-1 run of random parameters (`loop.write_random_run`): any parameters
+    """A tiny stage-1 run of random parameters (`runtime.write_random_run`): any parameters
     serve to compare encodings and to exercise decoding."""
     from configs import vq3d_stage1
     from vq3d_jax.tasks import get_task
-    from vq3d_jax.train import loop
+    from vq3d_jax.train import runtime
 
     workdir = tmp_path_factory.mktemp("stage1")
     config = override(vq3d_stage1.get_config("tiny"), stage1_overrides(mini_data_dir))
-    loop.write_random_run(get_task(config), config, str(workdir))
+    runtime.write_random_run(get_task(config), config, str(workdir))
     return workdir
 
 
@@ -182,17 +182,17 @@ def steps_per_layout(make_config, layouts, batch, *, steps=1, corrupted=None) ->
     import jax
 
     from vq3d_jax.tasks import get_task
-    from vq3d_jax.train import loop, sharding
+    from vq3d_jax.train import runtime, sharding
 
     results, initial = [], None
     for i, (devices, mesh, accumulate) in enumerate(layouts):
         config = make_config()
         config.mesh.update(mesh)
         config.grad_accum_steps = accumulate
-        rt = loop.build_runtime(get_task(config), config, devices=devices)
+        rt = runtime.build_runtime(get_task(config), config, devices=devices)
         if initial is None:
-            initial = jax.device_get(loop.init_state(rt))
-        step = loop.compile_train_step(rt)
+            initial = jax.device_get(runtime.init_state(rt))
+        step = runtime.compile_train_step(rt)
         last = i == len(layouts) - 1
         for data in [batch] + ([corrupted] if last and corrupted is not None else []):
             state = jax.device_put(initial, rt.state_shardings)

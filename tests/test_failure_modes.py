@@ -22,7 +22,9 @@ from test_train_loop import _CountingIterator
 
 from vq3d_jax.datasets import pipeline
 from vq3d_jax.train.checkpoint import Checkpointer, CheckpointWriteError
-from vq3d_jax.train.loop import NonFiniteLossError, build_runtime, init_state, train
+from vq3d_jax.train.loop import train
+from vq3d_jax.train.nonfinite import NonFiniteLossError
+from vq3d_jax.train.runtime import build_runtime, init_state
 from vq3d_jax.train.state import TrainState
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -111,7 +111,7 @@ def test_sharded_fid_statistics_equal_single_device_reference(tmp_path, inceptio
     from conftest import tiny_task_config
 
     from vq3d_jax.train import sharding
-    from vq3d_jax.train.loop import build_runtime, init_state
+    from vq3d_jax.train.runtime import build_runtime, init_state
 
     config = tiny_task_config(data=8)
     config.eval.fid.update(inception_weights=inception_weights, cache_dir=str(tmp_path),
@@ -167,7 +167,8 @@ class _RecordingFID:
 def test_eval_loop_runs_fid_in_the_same_pass(tmp_path):
     from conftest import tiny_task_config
 
-    from vq3d_jax.train.loop import build_runtime, init_state, run_eval
+    from vq3d_jax.train.evaluation import run_eval
+    from vq3d_jax.train.runtime import build_runtime, init_state
     from vq3d_jax.train.writer import MetricWriter
 
     config = tiny_task_config(data=8)
@@ -211,7 +212,8 @@ def test_swd_runs_in_the_eval_pass_without_inception_weights(tmp_path):
     from conftest import tiny_task_config
 
     from vq3d_jax.metrics import swd
-    from vq3d_jax.train.loop import build_runtime, init_state, run_eval
+    from vq3d_jax.train.evaluation import run_eval
+    from vq3d_jax.train.runtime import build_runtime, init_state
     from vq3d_jax.train.writer import MetricWriter
 
     config = tiny_task_config(data=8)

@@ -13,7 +13,7 @@ from vq3d_jax.geometry import pose_sampling
 from vq3d_jax.tasks import get_task
 from vq3d_jax.tasks.gan_multiplane import CONDITION_DIM
 from vq3d_jax.tasks.gan_task import GANTask, yaw_pitch_of
-from vq3d_jax.train import loop
+from vq3d_jax.train import runtime
 
 SMALL = {
     "data.image_size": 8, "model.resolution": 8, "model.num_planes": 4,
@@ -104,8 +104,8 @@ def test_render_mode_writes_each_seed_with_its_depth_beside_the_orbit(tmp_path):
 
     config = override(gmnr.get_config("tiny"), {**SMALL, "sample.render_frames": 5,
                                                  "eval.global_batch_size": 2})
-    rt = loop.build_runtime(get_task(config), config, devices=jax.devices()[:1])
-    state = loop.init_state(rt)
+    rt = runtime.build_runtime(get_task(config), config, devices=jax.devices()[:1])
+    state = runtime.init_state(rt)
     written = render_mode.render_seeds(rt, state, [3, 0, 7], str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         f"seed_{n:04d}_{kind}" for n in (0, 3, 7)

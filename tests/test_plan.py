@@ -19,7 +19,7 @@ from configs import mimic3d, vq3d_stage2
 from vq3d_jax import plan
 from vq3d_jax.models import ar_prior, lpips
 from vq3d_jax.tasks import get_task
-from vq3d_jax.train import loop
+from vq3d_jax.train import runtime
 from vq3d_jax.train.flops import count_flops
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,7 +65,7 @@ def _rows(params) -> dict[str, int]:
 
 def test_param_counts_equal_a_real_init_per_module(stage2_plan):
     config = _stage2_tiny()
-    state = loop.init_state(loop.build_runtime(get_task(config), config), pretrained=False)
+    state = runtime.init_state(runtime.build_runtime(get_task(config), config), pretrained=False)
     real = _rows(state.params)
     assert {r["module"]: r["params"] for r in stage2_plan["params"]["modules"]} == real
     assert stage2_plan["params"]["total"] == sum(p.size for p in jax.tree.leaves(state.params))

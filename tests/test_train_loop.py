@@ -8,7 +8,7 @@ from conftest import override, random_batch, steps_per_layout, tiny_task_config,
 from float_bounds import assert_close_up_to_rounding, assert_same_steps
 
 from vq3d_jax.tasks import get_task
-from vq3d_jax.train import loop, sharding
+from vq3d_jax.train import loop, runtime, sharding
 from vq3d_jax.train.checkpoint import Checkpointer, CheckpointShapeError
 
 
@@ -54,7 +54,7 @@ def test_eval_and_sample_schedule_every_n_at_the_end_or_never():
 
 def test_parameters_are_sharded_by_the_rules():
     config = tiny_task_config(data=2, fsdp=4)
-    rt = loop.build_runtime(get_task(config), config)
+    rt = runtime.build_runtime(get_task(config), config)
     specs = {
         jax.tree_util.keystr(p): s.spec
         for p, s in jax.tree_util.tree_leaves_with_path(rt.state_shardings)
@@ -91,11 +91,11 @@ def test_global_batch_must_divide_the_batch_axes_times_the_micro_batches():
     config = tiny_task_config(data=2, fsdp=4)
     config.global_batch_size = 12
     with pytest.raises(ValueError, match="not divisible"):
-        loop.build_runtime(get_task(config), config)
+        runtime.build_runtime(get_task(config), config)
     config.global_batch_size = 8  # 8 devices, but 2 micro-batches of 4 cannot span them
     config.grad_accum_steps = 2
     with pytest.raises(ValueError, match="grad_accum_steps=2 × the batch axes"):
-        loop.build_runtime(get_task(config), config)
+        runtime.build_runtime(get_task(config), config)
 
 
 def _mesh8():
@@ -195,7 +195,9 @@ class _NaNAtStep3Task:
 
 
 def test_nan_loss_stops_without_saving_the_bad_state(tmp_path):
-    from vq3d_jax.train.loop import NonFiniteLossError, build_runtime, train
+    from vq3d_jax.train.loop import train
+    from vq3d_jax.train.nonfinite import NonFiniteLossError
+    from vq3d_jax.train.runtime import build_runtime
 
     config = tiny_task_config(data=8)
     config.update(total_steps=10, checkpoint_every=1, log_every=5)
@@ -219,7 +221,8 @@ class _MeanTask(_NaNAtStep3Task):
 
 
 def test_eval_mean_masks_padding_and_non_finite_examples(tmp_path):
-    from vq3d_jax.train.loop import build_runtime, init_state, run_eval
+    from vq3d_jax.train.evaluation import run_eval
+    from vq3d_jax.train.runtime import build_runtime, init_state
     from vq3d_jax.train.writer import MetricWriter
 
     config = tiny_task_config(data=8)
@@ -254,7 +257,8 @@ class _CountingFID:
 def test_a_task_scored_by_fid_alone_evaluates_with_fid_and_says_so_without(tmp_path):
     """A task without per-example metrics (no eval_step, a GAN) gets FID from run_eval and,
     with FID off, an error that names the missing weights instead of 'no batches'."""
-    from vq3d_jax.train.loop import build_runtime, init_state, run_eval
+    from vq3d_jax.train.evaluation import run_eval
+    from vq3d_jax.train.runtime import build_runtime, init_state
     from vq3d_jax.train.task import PerExampleMetrics
     from vq3d_jax.train.writer import MetricWriter
 

@@ -10,7 +10,7 @@ from test_gan_task import _rig_camera
 
 from configs import eg3d, mimic3d
 from vq3d_jax.tasks import get_task
-from vq3d_jax.train import loop, sharding
+from vq3d_jax.train import runtime, sharding
 
 # 16² images from 8² renders of 16² planes: every piece of the presets at the least size
 # that keeps them (the SR's ×2, the 3D branch at two resolutions, a patch inside the image).
@@ -84,12 +84,12 @@ def test_mimic3d_stage2_without_3d_aware_convolutions_trains_a_step():
     and the patch D's)."""
     config = override(mimic3d.get_config("tiny_stage2"),
                       {**STAGE2, "model.triplane.conv3d_resolutions": ()})
-    rt = loop.build_runtime(get_task(config), config, devices=jax.devices()[:1])
-    state = loop.init_state(rt)
+    rt = runtime.build_runtime(get_task(config), config, devices=jax.devices()[:1])
+    state = runtime.init_state(rt)
     before = jax.device_get(state.params["generator"])  # the step donates `state`
     assert "aware_branch" not in before
     with rt.scope():
-        new, metrics = loop.compile_train_step(rt)(state, sharding.global_batch(_batch(),
+        new, metrics = runtime.compile_train_step(rt)(state, sharding.global_batch(_batch(),
                                                                                 rt.mesh))
     metrics, after = jax.device_get((metrics, new.params["generator"]))
     for key in ("loss/g", "loss/imitation", "loss/patch_d", "loss/density_reg"):

@@ -15,7 +15,7 @@ from PIL import Image, ImageSequence
 from configs import vq3d_stage1, vq3d_stage2
 from vq3d_jax.tasks import get_task
 from vq3d_jax.tasks.vq3d_stage2 import load_stage1_config
-from vq3d_jax.train import loop
+from vq3d_jax.train import runtime
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB, LENGTH = 64, 16
@@ -44,7 +44,7 @@ def test_tensor_parallel_step_equals_unsharded():
     learning rate is 0, so both steps' gradients are taken at the initial weights; the
     second moves them by Adam's bounded step."""
     config = _prior_only_config(data=2, fsdp=2, tensor=2)
-    rules = loop.build_runtime(get_task(config), config).state_shardings.params["prior"]
+    rules = runtime.build_runtime(get_task(config), config).state_shardings.params["prior"]
     # The rules really split the heads and the MLP over 'tensor'.
     assert rules["blocks_0"]["attn"]["query_kernel"].spec[1] == "tensor"
     assert rules["blocks_0"]["mlp"]["fc1"]["kernel"].spec[1] == "tensor"

@@ -155,6 +155,9 @@ def _run_mode() -> None:
     from vq3d_jax.tasks import get_task
     from vq3d_jax.train import loop
     from vq3d_jax.train.checkpoint import CheckpointWriteError
+    from vq3d_jax.train.evaluation import run_eval, write_samples
+    from vq3d_jax.train.nonfinite import NonFiniteLossError
+    from vq3d_jax.train.runtime import build_runtime, restore_for_inference
     from vq3d_jax.train.task import EncodesCodes
 
     config = _CONFIG.value
@@ -184,7 +187,7 @@ def _run_mode() -> None:
         task = get_task(config)  # a setting the model cannot work with: one line
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"FATAL: {err}")
-    runtime = loop.build_runtime(task, config)
+    runtime = build_runtime(task, config)
 
     def make_eval_iter():
         return pipeline.create_eval_iterator(
@@ -219,21 +222,21 @@ def _run_mode() -> None:
         )
         try:
             loop.train(runtime, workdir, train_iter, make_eval_iter, fid)
-        except (CheckpointWriteError, loop.NonFiniteLossError) as err:
+        except (CheckpointWriteError, NonFiniteLossError) as err:
             sys.exit(f"FATAL: {err}")
     else:
         from vq3d_jax.train.writer import MetricWriter
 
-        state, step = loop.restore_for_inference(runtime, workdir)
+        state, step = restore_for_inference(runtime, workdir)
         writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
         try:
             if _MODE.value == "eval":
-                loop.run_eval(runtime, state, make_eval_iter(), writer, step, fid)
+                run_eval(runtime, state, make_eval_iter(), writer, step, fid)
             elif _MODE.value == "render":
                 _render(runtime, state, step, workdir)
             else:
                 batch = next(iter(make_eval_iter()))
-                loop.write_samples(
+                write_samples(
                     runtime, state, {k: batch[k] for k in task.eval_keys}, writer, step
                 )
         finally:

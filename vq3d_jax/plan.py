@@ -66,7 +66,7 @@ from vq3d_jax.planning.roofline import (
     suggestions,
 )
 from vq3d_jax.tasks import get_task
-from vq3d_jax.train import loop
+from vq3d_jax.train import runtime
 from vq3d_jax.train import sharding as sharding_lib
 
 # Stage 2 without a stage-1 run: (codebook size, codes per image) of the stage-1 preset it
@@ -111,7 +111,7 @@ def plannable(config) -> tuple:
 def _layout(config, num_devices: int) -> tuple[AbstractMesh, int, int]:
     """(mesh, per-device batch, grad_accum_steps), or a one-line error when they do not fit."""
     mesh = abstract_mesh(config.mesh, num_devices)
-    steps = loop.check_batch_layout(config, mesh)
+    steps = runtime.check_batch_layout(config, mesh)
     return mesh, int(config.global_batch_size) // sharding_lib.batch_divisor(mesh), steps
 
 
@@ -154,7 +154,7 @@ def make_plan(config, num_devices: int, accelerator: str = "h100", mfu: float = 
     rules = sharding_lib.rules_from_config(config.sharding.logical_axis_rules)
     fallback = config.sharding.fallback_min_mb
     boxed = jax.eval_shape(task.init_state, jax.random.PRNGKey(config.seed))
-    _, abstract = loop.abstract_state(boxed, mesh, rules, fallback)
+    _, abstract = runtime.abstract_state(boxed, mesh, rules, fallback)
     memory = state_bytes(boxed, mesh, rules, fallback)
     shapes = example_shapes(task, config)
     memory["batch"] = sharding_lib.tree_bytes(abstract_batch(shapes, local), per_device=False)

@@ -23,7 +23,7 @@ from PIL import Image
 
 from vq3d_jax import visualize
 from vq3d_jax.datasets import pipeline, preprocess
-from vq3d_jax.train import loop
+from vq3d_jax.train import runtime
 from vq3d_jax.train import sharding as sharding_lib
 from vq3d_jax.train.task import (
     CapabilityError,
@@ -101,7 +101,7 @@ def _write_views(base: str, image, depth, orbit, video_ext: str, first: str) -> 
     return paths
 
 
-def render(rt: loop.Runtime, state, names, images, out_dir: str, *, video_ext: str = ".gif",
+def render(rt: runtime.Runtime, state, names, images, out_dir: str, *, video_ext: str = ".gif",
            mesh: MeshOptions | None = None) -> list[str]:
     task = rt.task
     if not isinstance(task, RendersScenes):
@@ -143,7 +143,7 @@ def render(rt: loop.Runtime, state, names, images, out_dir: str, *, video_ext: s
     return written
 
 
-def render_seeds(rt: loop.Runtime, state, seeds, out_dir: str, *, video_ext: str = ".gif",
+def render_seeds(rt: runtime.Runtime, state, seeds, out_dir: str, *, video_ext: str = ".gif",
                  mesh: MeshOptions | None = None) -> list[str]:
     """A generator's samples of `seeds` (its `sample.seed` stream, as `--mode=sample`)."""
     task = rt.task

@@ -15,7 +15,7 @@ from jax.extend import core as jex_core
 from jax.sharding import AbstractMesh, AxisType
 
 from vq3d_jax.datasets import scenes
-from vq3d_jax.train import loop
+from vq3d_jax.train import runtime
 from vq3d_jax.train import sharding as sharding_lib
 from vq3d_jax.train.flops import subjaxprs
 
@@ -66,7 +66,7 @@ def abstract_batch(shapes: dict, batch_size: int, sharding=None) -> dict:
 def state_bytes(boxed, mesh, rules, fallback_min_mb: float) -> dict[str, int]:
     """Per-device bytes of each part of the state on `mesh` (exact: shard shape × itemsize).
     Gradients are the params' size and sharding (the step's out_shardings)."""
-    _, abstract = loop.abstract_state(boxed, mesh, rules, fallback_min_mb)
+    _, abstract = runtime.abstract_state(boxed, mesh, rules, fallback_min_mb)
     params = sharding_lib.tree_bytes(abstract.params)
     return {
         "params": params,
@@ -186,11 +186,11 @@ def xla_analysis(task, config, num_devices: int, shapes: dict) -> dict:
     """The sharded train step compiled for `num_devices` CPU devices: XLA's memory and
     cost analysis per device."""
     start = time.perf_counter()
-    rt = loop.build_runtime(task, config, jax.devices()[:num_devices])
+    rt = runtime.build_runtime(task, config, jax.devices()[:num_devices])
     batch = abstract_batch(shapes, int(config.global_batch_size),
                            sharding_lib.batch_sharding(rt.mesh))
     with rt.scope():
-        compiled = loop.compile_train_step(rt).lower(rt.abstract_state, batch).compile()
+        compiled = runtime.compile_train_step(rt).lower(rt.abstract_state, batch).compile()
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = (cost[0] if isinstance(cost, list) else cost) or {}

@@ -237,7 +237,7 @@ def load_stage1(config, devices=None):
     """
     from vq3d_jax.tasks import get_task
     from vq3d_jax.tasks.vq3d_stage2 import STAGE1
-    from vq3d_jax.train import loop
+    from vq3d_jax.train import runtime
     from vq3d_jax.train.task import EncodesCodes
 
     if not config.stage1.workdir:
@@ -248,8 +248,8 @@ def load_stage1(config, devices=None):
     if not isinstance(task, EncodesCodes):
         raise ValueError(f"--mode=codes: config.task={config.task!r} does not encode codes "
                          "(use a VQ3D stage-2 config).")
-    rt = loop.build_runtime(task, config, devices=devices)
-    state, steps = loop.load_pretrained(rt, loop.init_state(rt, pretrained=False))
+    rt = runtime.build_runtime(task, config, devices=devices)
+    state, steps = runtime.load_pretrained(rt, runtime.init_state(rt, pretrained=False))
     return rt, state, steps[STAGE1]
 
 

@@ -153,7 +153,7 @@ class Pretrained:
 
 @runtime_checkable
 class LoadsPretrained(Protocol):
-    """A task built on other runs (stage 2 on stage 1); `loop.load_pretrained` fills them."""
+    """A task built on other runs (stage 2 on stage 1); `runtime.load_pretrained` fills them."""
 
     def pretrained(self) -> Sequence[Pretrained]:
         """The runs to restore after a fresh init (may be empty)."""
