@@ -259,10 +259,10 @@ class GMPIHead:
                 "opacity": views["opacity"]}
 
     def _view_dependent_colors(self, params, warped, weights, c2w, w, normalised, rng,
-                               fraction: float, strength=1.0) -> jax.Array:
+                               fraction: float, strength) -> jax.Array:
         """GMNR's α-VdR in one view: the warped plane colours [P, S, S, 3] with
-        c' = clamp(c + strength·Δc, 0, 1) at the α-guided pixels (all pixels of non-zero
-        weight when `fraction` ≥ 1), others unchanged."""
+        c' = clamp(c + Δc, 0, 1) at the α-guided pixels (all pixels of non-zero weight
+        when `fraction` ≥ 1), others unchanged."""
         p = weights.shape[0]
         n = self.size * self.size
         uv = warped["uv"].reshape(p, n, 2) / self.size * 2.0 - 1.0  # plane coords [−1, 1]
