@@ -40,8 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "dtype": "float32",
         # GMNR's α-guided view-dependent colour (configs/gmnr.py): the fraction of each
         # plane's visible pixels refined per training view, 0 = off (GMPI).
-        "view_dependence": {"fraction": 0.0, "position_width": 784, "view_width": 64,
-                            "start_step": 0},
+        "view_dependence": {"fraction": 0.0, "position_width": 784, "view_width": 64},
     })
     c.loss = ml_collections.ConfigDict({
         "r1_gamma": 10.0,

@@ -217,15 +217,13 @@ class GMPIHead:
     def render(self, params, ws: jax.Array, cam_to_world: jax.Array, noise_rng: jax.Array,
                num_planes: int | None = None, sample_fraction: float | None = None,
                light: shading.Light | None = None,
-               sampling_keys: jax.Array | None = None,
-               view_strength: jax.Array | float = 1.0) -> dict[str, jax.Array]:
+               sampling_keys: jax.Array | None = None) -> dict[str, jax.Array]:
         """ws [B, n, w_dim], cameras [B, V, 4, 4] → {'image' [B, V, S, S, 3] in [−1, 1],
         'depth' [B, V, S, S], 'opacity' [B, V, S, S]}: V views of each sample's MPI.
         `noise_rng`: the synthesis noise inputs' key; `sampling_keys` [B]: each sample's
         key for GMNR's α-guided pixels (default: split from `noise_rng`);
-        `sample_fraction`: GMNR's α-guided fraction (default the training one);
-        `view_strength`: a factor on GMNR's Δc (0 before `view_dependence.start_step`);
-        `light`: GMPI's shading augmentation of the MPI's colours (training only)."""
+        `sample_fraction`: GMNR's α-guided fraction (default the training one); `light`:
+        GMPI's shading augmentation of the MPI's colours (training only)."""
         depths, normalised, extents = self.plane_layout(num_planes or self.num_planes)
         synthesis_rng, sampling_rng = jax.random.split(noise_rng)
         b, v = cam_to_world.shape[:2]
@@ -248,7 +246,7 @@ class GMPIHead:
             out = geo.composite_mpi(warped["rgb"], warped["alpha"], warped["z"])
             if self.view_fraction > 0:
                 colors = self._view_dependent_colors(params, warped, out["weights"], c2w, w,
-                                                     normalised, rng, fraction, view_strength)
+                                                     normalised, rng, fraction)
                 out["color"] = jnp.sum(out["weights"][..., None] * colors, axis=0)
             return out
 
@@ -259,7 +257,7 @@ class GMPIHead:
                 "opacity": views["opacity"]}
 
     def _view_dependent_colors(self, params, warped, weights, c2w, w, normalised, rng,
-                               fraction: float, strength) -> jax.Array:
+                               fraction: float) -> jax.Array:
         """GMNR's α-VdR in one view: the warped plane colours [P, S, S, 3] with
         c' = clamp(c + Δc, 0, 1) at the α-guided pixels (all pixels of non-zero weight
         when `fraction` ≥ 1), others unchanged."""
@@ -272,7 +270,7 @@ class GMPIHead:
         colors = warped["rgb"].reshape(p, n, 3)
 
         def delta(plane_uv, plane_depth, plane_directions):
-            return strength * self.generator.apply(
+            return self.generator.apply(
                 {"params": params}, plane_uv.reshape(-1, 2), plane_depth.reshape(-1),
                 plane_directions.reshape(-1, 3), w,
                 method=GMPIGenerator.view_dependent_color).reshape(plane_uv.shape[:-1] + (3,))

@@ -106,8 +106,7 @@ class MultiplaneTraining:
                                                                          self.poses)], 1)
         rendered = self.head.render(g_params, ws, cameras, noise_rng,
                                     light=self.light(light_keys, step),
-                                    sampling_keys=pixel_keys,
-                                    view_strength=self.view_strength(step))
+                                    sampling_keys=pixel_keys)
         terms = {}
         if self.consistency > 0:
             warped, visible = warp_view(rendered, cameras, self.head.intrinsics, source=-1,
@@ -126,16 +125,9 @@ class MultiplaneTraining:
             "to mesh: its samples are RGBα planes at fixed depths, not a volume; the tri-plane "
             "heads (configs/eg3d.py, configs/mimic3d.py) have one.")
 
-    def view_strength(self, step) -> jax.Array:
-        """GMNR's Δc is on from `model.view_dependence.start_step` (GMNR adds it to a
-        generator that already works: a pretrained StyleGAN2)."""
-        start = int(self.config.model.view_dependence.get("start_step", 0))
-        return (jnp.asarray(step) >= start).astype(jnp.float32)
-
     def generate(self, g_params, ws, cameras, noise_rng, step=None) -> dict:
         """Views of ψ-truncated ws at cameras [B, V] with the eval plane count and every
-        pixel's view-dependent colour (once it is on): {'image', 'depth', 'opacity'}."""
+        pixel's view-dependent colour: {'image', 'depth', 'opacity'}."""
         return self.head.render(g_params, ws, cameras, noise_rng,
                                 num_planes=int(self.config.model.num_planes_eval),
-                                sample_fraction=1.0,
-                                view_strength=1.0 if step is None else self.view_strength(step))
+                                sample_fraction=1.0)
