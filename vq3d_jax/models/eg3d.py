@@ -22,8 +22,6 @@ Layout NHWC, parameters float32.
 
 from __future__ import annotations
 
-import math
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -157,12 +155,3 @@ class TriplaneGenerator(Generator):
         r = self.sr_input_resolution
         self.super_resolve(jnp.zeros((1, r, r, 3), jnp.float32),
                            jnp.zeros((1, r, r, self.decoder_features), jnp.float32), ws)
-
-
-def num_sr_blocks(image_resolution: int, sr_input_resolution: int) -> int:
-    """How many ×2 super-resolution blocks take the render to the image resolution."""
-    blocks = math.log2(image_resolution / sr_input_resolution)
-    if blocks < 0 or blocks != int(blocks):
-        raise ValueError(f"image resolution {image_resolution} is not the super-resolution "
-                         f"input {sr_input_resolution} × a power of two.")
-    return int(blocks)
