@@ -62,8 +62,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.total_steps = 6_200_000 // 32
         c.loss.patch_r1_gamma = 5.0
     else:
-        # [choice] 16² windows of the 32² image (patch_scale 0.5; the at-scale presets' is 0.125 at 512²
-        # runs); L1 imitation: no LPIPS weights needed; 500 steps after stage 1's 2000.
+        # [choice] 16² windows of the 32² image (patch_scale 0.5; at scale 0.125 of 512²);
+        # L1 imitation: no LPIPS weights needed; 500 steps after stage 1's 2000.
         c.loss.update(patch_size=16, require_lpips=False)
         c.total_steps = 500
     return c
